@@ -1,0 +1,57 @@
+"""Environment facts for a record: package versions (read without importing), device, git sha, host."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "evaluate", "peft-bench")
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_sha() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return res.stdout.strip() or None if res.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def base_env() -> dict[str, Any]:
+    """Facts the parent can know without importing torch."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "git_sha": git_sha(),
+        "packages": package_versions(),
+    }
+
+
+def device_env(device: str) -> dict[str, Any]:
+    """Facts only the child knows once torch is imported."""
+    import torch
+
+    env: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads(),
+                           "cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine()}
+    if device == "cuda":
+        env["gpu_name"] = torch.cuda.get_device_name()
+        env["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+        env["gpu_memory_mib"] = torch.cuda.get_device_properties(0).total_memory // 2**20
+    else:
+        env["gpu_name"] = None
+    return env

@@ -1,0 +1,222 @@
+"""Reparameterisation methods from `peft`: the LoRA family, LoHa/LoKr, VeRA, OFT/BOFT, IA3, and the
+quantized-base LoRA recipes (QLoRA, LLM.int8 + LoRA)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.methods.base import Method, MethodConfig, MethodContext
+
+
+def _task_type(ctx: MethodContext) -> str:
+    return "CAUSAL_LM" if ctx.model_kind == "causal_lm" else "SEQ_CLS"
+
+
+class PeftMethod(Method):
+    """Base for methods built from a peft config; checkpoints are peft adapter folders."""
+
+    def peft_config(self, config: Any, ctx: MethodContext) -> Any:
+        raise NotImplementedError
+
+    def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
+        import peft
+
+        if ctx.quantized:
+            model = peft.prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=bool(getattr(config, "gradient_checkpointing", False))
+            )
+        return peft.get_peft_model(model, self.peft_config(config, ctx))
+
+    def save(self, model: Any, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)
+
+    def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
+        import peft
+
+        return peft.PeftModel.from_pretrained(base_model, ckpt_dir)
+
+
+@dataclass
+class LoraOptions(MethodConfig):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"r must be >= 1, got {self.r}")
+
+
+class LoRA(PeftMethod):
+    name = "lora"
+    config_cls = LoraOptions
+    extra: dict[str, Any] = {}
+
+    def peft_config(self, config: LoraOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.LoraConfig(
+            task_type=_task_type(ctx), r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+            target_modules=config.target_modules, **self.extra,
+        )
+
+
+class DoRA(LoRA):
+    name = "dora"
+    extra = {"use_dora": True}
+
+
+class RsLoRA(LoRA):
+    name = "rslora"
+    extra = {"use_rslora": True}
+
+
+class QLoRA(LoRA):
+    """LoRA on a 4-bit NF4 base (double quant, bf16 compute) after prepare_model_for_kbit_training."""
+
+    name = "qlora"
+    required_precisions = ("nf4",)
+
+
+class LoRA8bit(LoRA):
+    """LoRA on an LLM.int8 base (the Bloom-7B recipe)."""
+
+    name = "lora8bit"
+    required_precisions = ("int8",)
+
+
+@dataclass
+class AdaLoraOptions(MethodConfig):
+    init_r: int = 12
+    target_r: int = 8
+    alpha: int = 16
+    target_modules: str | list[str] = "all-linear"
+    tinit_fraction: float = 0.1
+    tfinal_fraction: float = 0.2
+
+
+class AdaLoRA(PeftMethod):
+    """Adaptive-rank LoRA. The orthogonality regulariser is not added (the harness computes the task loss)."""
+
+    name = "adalora"
+    config_cls = AdaLoraOptions
+
+    def peft_config(self, config: AdaLoraOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        tinit = int(ctx.steps * config.tinit_fraction)
+        tfinal = int(ctx.steps * config.tfinal_fraction)
+        return peft.AdaLoraConfig(
+            task_type=_task_type(ctx), init_r=config.init_r, target_r=config.target_r, lora_alpha=config.alpha,
+            target_modules=config.target_modules, total_step=ctx.steps, tinit=tinit,
+            tfinal=min(tfinal, max(ctx.steps - tinit - 1, 0)),
+        )
+
+    def after_optimizer_step(self, model: Any, step: int) -> None:
+        model.base_model.update_and_allocate(step)
+
+
+@dataclass
+class LycorisOptions(MethodConfig):
+    r: int = 8
+    alpha: int = 8
+    target_modules: str | list[str] = "all-linear"
+
+
+class LoHa(PeftMethod):
+    name = "loha"
+    config_cls = LycorisOptions
+
+    def peft_config(self, config: LycorisOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.LoHaConfig(task_type=_task_type(ctx), r=config.r, alpha=config.alpha,
+                               target_modules=config.target_modules)
+
+
+class LoKr(PeftMethod):
+    name = "lokr"
+    config_cls = LycorisOptions
+
+    def peft_config(self, config: LycorisOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.LoKrConfig(task_type=_task_type(ctx), r=config.r, alpha=config.alpha,
+                               target_modules=config.target_modules)
+
+
+@dataclass
+class VeraOptions(MethodConfig):
+    r: int = 64
+    target_modules: str | list[str] | None = None
+    d_initial: float = 0.1
+
+
+class VeRA(PeftMethod):
+    name = "vera"
+    config_cls = VeraOptions
+
+    def peft_config(self, config: VeraOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.VeraConfig(task_type=_task_type(ctx), r=config.r, d_initial=config.d_initial,
+                               target_modules=config.target_modules)
+
+
+@dataclass
+class OftOptions(MethodConfig):
+    block_size: int = 16
+    target_modules: str | list[str] = "all-linear"
+
+
+class OFT(PeftMethod):
+    name = "oft"
+    config_cls = OftOptions
+
+    def peft_config(self, config: OftOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.OFTConfig(task_type=_task_type(ctx), r=0, oft_block_size=config.block_size,
+                              target_modules=config.target_modules)
+
+
+@dataclass
+class BoftOptions(MethodConfig):
+    block_size: int = 8
+    n_butterfly_factor: int = 1
+    target_modules: str | list[str] = "all-linear"
+
+
+class BOFT(PeftMethod):
+    name = "boft"
+    config_cls = BoftOptions
+
+    def peft_config(self, config: BoftOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.BOFTConfig(task_type=_task_type(ctx), boft_block_size=config.block_size,
+                               boft_n_butterfly_factor=config.n_butterfly_factor,
+                               target_modules=config.target_modules)
+
+
+@dataclass
+class IA3Options(MethodConfig):
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+
+class IA3(PeftMethod):
+    """Learned scaling of keys, values and feed-forward activations; peft's per-architecture defaults."""
+
+    name = "ia3"
+    config_cls = IA3Options
+
+    def peft_config(self, config: IA3Options, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.IA3Config(task_type=_task_type(ctx), target_modules=config.target_modules,
+                              feedforward_modules=config.feedforward_modules)

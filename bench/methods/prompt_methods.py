@@ -1,0 +1,87 @@
+"""Soft-prompt methods from `peft`: prompt tuning, prefix tuning, P-tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bench.errors import Unsupported
+from bench.methods.base import MethodConfig, MethodContext
+from bench.methods.peft_methods import PeftMethod, _task_type
+
+
+def _check_tokens(n: int) -> None:
+    if not 1 <= n <= 512:
+        raise ValueError(f"num_virtual_tokens must be in 1..512, got {n}")
+
+
+@dataclass
+class PromptOptions(MethodConfig):
+    num_virtual_tokens: int = 20
+    init: Literal["random", "text"] = "random"
+    init_text: str = "Classify the sentiment of this text:"
+
+    def __post_init__(self):
+        _check_tokens(self.num_virtual_tokens)
+
+
+class PromptTuning(PeftMethod):
+    name = "prompt"
+    config_cls = PromptOptions
+
+    def peft_config(self, config: PromptOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        kwargs: dict[str, Any] = {}
+        if config.init == "text":
+            path = getattr(ctx.tokenizer, "name_or_path", None)
+            if not path:
+                raise Unsupported("prompt init 'text' needs a model with a tokenizer; this model has none")
+            kwargs = dict(prompt_tuning_init="TEXT", prompt_tuning_init_text=config.init_text,
+                          tokenizer_name_or_path=path)
+        return peft.PromptTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
+                                       **kwargs)
+
+
+@dataclass
+class PrefixOptions(MethodConfig):
+    num_virtual_tokens: int = 20
+    projection: bool = False
+    encoder_hidden_size: int = 128
+
+    def __post_init__(self):
+        _check_tokens(self.num_virtual_tokens)
+
+
+class PrefixTuning(PeftMethod):
+    name = "prefix"
+    config_cls = PrefixOptions
+
+    def peft_config(self, config: PrefixOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.PrefixTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
+                                       prefix_projection=config.projection,
+                                       encoder_hidden_size=config.encoder_hidden_size)
+
+
+@dataclass
+class PTuningOptions(MethodConfig):
+    num_virtual_tokens: int = 20
+    encoder: Literal["mlp", "lstm"] = "mlp"
+    encoder_hidden_size: int = 128
+
+    def __post_init__(self):
+        _check_tokens(self.num_virtual_tokens)
+
+
+class PTuning(PeftMethod):
+    name = "ptuning"
+    config_cls = PTuningOptions
+
+    def peft_config(self, config: PTuningOptions, ctx: MethodContext) -> Any:
+        import peft
+
+        return peft.PromptEncoderConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
+                                        encoder_reparameterization_type=config.encoder.upper(),
+                                        encoder_hidden_size=config.encoder_hidden_size)

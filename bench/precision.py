@@ -1,0 +1,101 @@
+"""What each precision label means in practice, and a check that a cell really ran that way.
+
+fp32: everything fp32. fp16/bf16: trainable weights fp32 (master), frozen base weights stored in the half
+type, compute under autocast via accelerate (fp16 with a gradient scaler). int8/nf4: bitsandbytes-quantized
+frozen base (nf4 with double quantization), bf16 compute, adapter weights fp32.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import Unsupported
+
+QUANTIZED = ("int8", "nf4")
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    name: str
+    mixed_precision: str  # accelerate's: "no" | "fp16" | "bf16"
+    half_dtype: str | None  # dtype of frozen (non-quantized) base weights, None = keep fp32
+    quantized: bool
+
+    @property
+    def compute_dtype(self) -> str:
+        return {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.mixed_precision]
+
+
+def plan_precision(name: str, device: str) -> PrecisionPlan:
+    """The plan for `name` on `device` ("cpu" | "cuda"); Unsupported where it cannot be honoured."""
+    if name == "fp32":
+        return PrecisionPlan(name, "no", None, False)
+    if name == "fp16":
+        if device != "cuda":
+            raise Unsupported("fp16 mixed precision needs CUDA: accelerate runs fp16 autocast and gradient "
+                              "scaling only on GPU, on CPU it would silently train in fp32")
+        return PrecisionPlan(name, "fp16", "float16", False)
+    if name == "bf16":
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_bf16_supported():
+                raise Unsupported(f"bf16 is not supported on {torch.cuda.get_device_name()}")
+        return PrecisionPlan(name, "bf16", "bfloat16", False)
+    if name in QUANTIZED:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise Unsupported(f"{name} needs bitsandbytes, which does not import here: {exc}") from exc
+        return PrecisionPlan(name, "bf16", None, True)
+    raise ValueError(f"unknown precision {name!r}")
+
+
+def load_kwargs(plan: PrecisionPlan, device: str, model_kind: str) -> dict[str, Any]:
+    """from_pretrained arguments for the base: quantization config where the plan is quantized."""
+    if not plan.quantized:
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    skip = ["classifier", "score", "pre_classifier", "lm_head"] if model_kind == "seq_cls" else ["lm_head"]
+    if plan.name == "nf4":
+        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+    else:
+        qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return {"quantization_config": qc, "dtype": torch.float32, "device_map": {"": 0 if device == "cuda" else "cpu"}}
+
+
+def cast_frozen(model: Any, plan: PrecisionPlan) -> None:
+    """Store frozen floating-point weights in the plan's half type; trainable ones stay fp32."""
+    if plan.half_dtype is None:
+        return
+    import torch
+
+    half = getattr(torch, plan.half_dtype)
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype.is_floating_point:
+            p.data = p.data.to(half)
+        elif p.requires_grad:
+            p.data = p.data.float()
+
+
+def dtype_report(model: Any, plan: PrecisionPlan) -> dict[str, Any]:
+    """Dtypes actually held by the model, weighted by element count, for the record."""
+    frozen: Counter[str] = Counter()
+    trainable: Counter[str] = Counter()
+    for p in model.parameters():
+        (trainable if p.requires_grad else frozen)[str(p.dtype).replace("torch.", "")] += p.numel()
+    quant = None
+    if plan.quantized:
+        quant = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")})
+    return {
+        "base_weight_dtype": frozen.most_common(1)[0][0] if frozen else None,
+        "base_weight_dtypes": dict(frozen),
+        "trainable_weight_dtype": trainable.most_common(1)[0][0] if trainable else None,
+        "compute_dtype": plan.compute_dtype,
+        "quantized_layers": quant,
+    }

@@ -1,0 +1,244 @@
+"""Runs specs: one isolated child per cell, NVML sampled over its tree, exits classified, one record appended
+per attempt. Failures are data: an OOM, crash or timeout becomes a record and the suite goes on."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import nvml, records
+from bench.envinfo import base_env
+from bench.launcher import make_launcher
+from bench.spec import RunSpec
+
+OOM_TEXT = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
+STDERR_TAIL_LINES = 50
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    force: bool = False
+    only: list[str] = field(default_factory=list)
+    launcher: str = "spawn"
+    allow_busy_gpu: bool = False
+    busy_threshold_mib: float = 500.0
+    gpu_index: int = 0
+    nvml_interval_s: float = 0.01
+
+
+@dataclass
+class RunSummary:
+    counts: dict[str, int] = field(default_factory=dict)
+    ran: int = 0
+    skipped: int = 0
+    canceled: bool = False
+    wall_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.canceled else 0
+
+
+class BusyGpu(RuntimeError):
+    pass
+
+
+def select(specs: list[RunSpec], patterns: list[str]) -> list[RunSpec]:
+    """Cells whose run_id matches any glob (or contains the text) in `patterns`; all when none given."""
+    if not patterns:
+        return specs
+    return [s for s in specs if any(fnmatch.fnmatch(s.run_id, p) or p in s.run_id for p in patterns)]
+
+
+class _Cancel:
+    """SIGINT/SIGTERM set a flag; the loop stops the running cell and records it canceled."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Cancel:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], None] = print) -> RunSummary:
+    """Run every selected, unfinished spec into opts.out_dir; returns counts per status."""
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary()
+    t_start = time.perf_counter()
+    with records.OutDirLock(out):
+        read = records.read_records(out)
+        for w in read.warnings:
+            progress(f"warning: {w}")
+        done = set() if opts.force else records.finished_ids(read.records)
+        chosen = select(specs, opts.only)
+        todo = [s for s in chosen if s.run_id not in done]
+        summary.skipped = len(chosen) - len(todo)
+        if summary.skipped:
+            progress(f"resume: {summary.skipped} of {len(chosen)} cells already finished in {out}, skipped")
+        backend, reason = nvml.open_backend()
+        if backend is not None and not opts.allow_busy_gpu:
+            busy = nvml.busy_processes(backend, opts.gpu_index, opts.busy_threshold_mib, {os.getpid()})
+            if busy:
+                raise BusyGpu(f"GPU {opts.gpu_index} is busy (> {opts.busy_threshold_mib:.0f} MiB used by other "
+                              f"processes); measurements would be untrustworthy. Processes:\n  "
+                              + "\n  ".join(busy) + "\nUse --allow-busy-gpu to run anyway.")
+        launcher = make_launcher(opts.launcher)
+        env_parent = base_env()
+        if backend is not None:
+            env_parent.update(gpu_driver=backend.driver(), nvml_gpu_name=backend.name(opts.gpu_index))
+        cell_times: list[float] = []
+        try:
+            with _Cancel() as cancel:
+                for i, spec in enumerate(todo, 1):
+                    t_cell = time.perf_counter()
+                    rec = run_one(spec, out, launcher, backend, reason, opts, cancel, env_parent)
+                    records.append_record(out, rec)
+                    summary.ran += 1
+                    summary.counts[rec["status"]] = summary.counts.get(rec["status"], 0) + 1
+                    cell_times.append(time.perf_counter() - t_cell)
+                    eta = sum(cell_times) / len(cell_times) * (len(todo) - i)
+                    progress(progress_line(i, len(todo), rec, cell_times[-1], eta))
+                    if rec["status"] == "canceled":
+                        summary.canceled = True
+                        progress("canceled: stopped after recording the running cell; rerun to resume")
+                        break
+        finally:
+            launcher.close()
+    summary.wall_s = time.perf_counter() - t_start
+    return summary
+
+
+def _archive_previous_attempt(run_dir: Path) -> int:
+    """Move an earlier attempt's files to run_dir/attempts/N; return this attempt's number."""
+    attempts = run_dir / "attempts"
+    previous = [p for p in run_dir.iterdir() if p.name != "attempts"] if run_dir.exists() else []
+    n_done = len(list(attempts.iterdir())) if attempts.exists() else 0
+    if previous:
+        dest = attempts / str(n_done + 1)
+        dest.mkdir(parents=True)
+        for p in previous:
+            shutil.move(str(p), dest / p.name)
+        n_done += 1
+    return n_done + 1
+
+
+def run_one(spec: RunSpec, out: Path, launcher: Any, backend: Any, reason: str | None, opts: RunOptions,
+            cancel: _Cancel, env_parent: dict[str, Any]) -> dict[str, Any]:
+    run_dir = out / "runs" / spec.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    attempt = _archive_previous_attempt(run_dir)
+    (run_dir / "spec.json").write_text(spec.to_json())
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    (run_dir / "launch.json").write_text(json.dumps({"launch_time": time.time()}))
+    env = dict(os.environ)
+    sampler = nvml.Sampler(backend, opts.gpu_index, reason, opts.nvml_interval_s)
+    proc = launcher.launch(run_dir, env)
+    sampler.start(proc.pid)
+    outcome = None
+    while (rc := proc.poll()) is None:
+        if cancel.flag:
+            outcome = "canceled"
+        elif time.perf_counter() - t0 > spec.timeout_s:
+            outcome = "timeout"
+        if outcome:
+            proc.kill_tree()
+            rc = proc.poll()
+            break
+        time.sleep(0.01)
+    peaks = sampler.stop()
+    duration = time.perf_counter() - t0
+    return build_record(spec, run_dir, attempt, rc, outcome, peaks, started_at, duration, env_parent,
+                        launcher.name, opts.gpu_index if backend is not None else None)
+
+
+def stderr_tail(run_dir: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        text = (run_dir / "stderr.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+
+
+def build_record(spec: RunSpec, run_dir: Path, attempt: int, rc: int | None, outcome: str | None,
+                 peaks: nvml.NvmlPeaks, started_at: str, duration: float, env_parent: dict[str, Any],
+                 launcher: str, gpu_index: int | None) -> dict[str, Any]:
+    """Merge the child's result.json (if any) with the parent's view: exit, NVML peaks, stderr tail."""
+    try:
+        child = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        child = {}
+    tail = stderr_tail(run_dir)
+    error = child.get("error")
+    if outcome:
+        status = outcome
+        error = {"type": outcome, "message": f"cell {outcome}" + (f" after {spec.timeout_s:g} s" if outcome ==
+                                                                    "timeout" else " by a signal to the runner")}
+    elif child.get("status"):
+        status = child["status"]
+    else:
+        status = "oom" if any(s in tail for s in OOM_TEXT) else "failed"
+        if rc is not None and rc < 0:
+            sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            error = {"type": "signal", "signal": -rc, "message": f"child killed by signal {-rc} ({sig})"}
+        else:
+            error = {"type": "exit", "exit_code": rc, "message": f"child exited with code {rc} without a result"}
+    if error is not None:
+        error = {**error, "exit_code": rc, "stderr_tail": tail}
+    metrics = dict(child.get("metrics", {}))
+    missing = dict(child.get("missing_reason", {}))
+    peak = asdict(peaks)
+    missing.update(peak.pop("missing_reason"))
+    peak.pop("samples")
+    metrics.update(peak)
+    metrics["nvml_samples"] = peaks.samples
+    timings = dict(child.get("timings", {}))
+    timings["duration_s"] = duration
+    return {
+        "run_id": spec.run_id, "attempt": attempt, "status": status, "spec": json.loads(spec.to_json()),
+        "error": error, "metrics": metrics, "missing_reason": missing, "timings": timings,
+        "env": {**env_parent, **child.get("env", {})}, "dtypes": child.get("dtypes"),
+        "task_info": child.get("task_info"), "model_info": child.get("model_info"),
+        "loss_curve": child.get("loss_curve"), "child_pid": child.get("child_pid"), "runner_pid": os.getpid(),
+        "launcher": launcher, "gpu_index": gpu_index, "exit_code": rc, "run_dir": str(run_dir),
+        "started_at": started_at, "duration_s": duration,
+    }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def progress_line(i: int, n: int, rec: dict[str, Any], cell_s: float, eta_s: float) -> str:
+    m = rec["metrics"]
+    parts = [f"[{i}/{n}]", rec["run_id"], rec["status"]]
+    if rec["status"] == "success":
+        parts += [f"{_fmt(m.get('tokens_per_s'), ',.0f')} tok/s",
+                  f"score {_fmt(m.get('score_before'), '.3f')}->{_fmt(m.get('score_after'), '.3f')}",
+                  f"trainable {_fmt(m.get('trainable_params'), ',')}"]
+        if m.get("peak_nvml_mib") is not None:
+            parts.append(f"peak {m['peak_nvml_mib']:,.0f} MiB")
+    elif rec.get("error"):
+        parts.append(str(rec["error"].get("message", ""))[:100].replace("\n", " "))
+    parts += [f"{cell_s:.1f}s", f"ETA {int(eta_s // 60)}:{int(eta_s % 60):02d}"]
+    return "  ".join(parts)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# ./run_all.sh        set up .venv if needed, run the default (smoke) suite, write reports/smoke.md
+# ./run_all.sh test   set up .venv if needed, run the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${PEFT_BENCH_VENV:-.venv}
+# CPU wheel by default (the CPU-only machines this runs on offline); on a GPU node set e.g. PEFT_BENCH_TORCH=torch
+TORCH_SPEC=${PEFT_BENCH_TORCH:-torch==2.13.0}
+
+find_python() {
+  for py in python3.13 python3.12 python3.11 python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "error: Python 3.11+ is required" >&2; return 1
+}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating $VENV"
+    "$(find_python)" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.peft-bench-installed-$(cat pyproject.toml | sha256sum | cut -c1-12)"
+  if [ ! -f "$stamp" ]; then
+    echo "== installing peft-bench and its dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -c 'import torch' 2>/dev/null || "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    rm -f "$VENV"/.peft-bench-installed-*
+    touch "$stamp"
+  fi
+}
+
+cmd=${1:-suite}
+case "$cmd" in
+  test)
+    setup
+    shift || true
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    rc=$?
+    set -e
+    if [ "$rc" -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi
+    exit "$rc"
+    ;;
+  suite)
+    start=$(date +%s)
+    setup
+    "$VENV/bin/peft-bench" fetch-assets
+    suite=${PEFT_BENCH_SUITE:-suites/smoke.yaml}
+    name=$(basename "$suite" .yaml)
+    suite_start=$(date +%s)
+    set +e
+    "$VENV/bin/peft-bench" run "$suite" --out "out/$name"
+    rc=$?
+    set -e
+    "$VENV/bin/peft-bench" report "out/$name" -o "reports/$name.md" --csv "reports/$name.csv" --plot "reports/$name.png"
+    end=$(date +%s)
+    echo "== suite wall time: $((end - suite_start)) s; total with set-up: $((end - start)) s; report: reports/$name.md"
+    exit "$rc"
+    ;;
+  *)
+    echo "usage: ./run_all.sh [test [pytest args...]]" >&2; exit 2 ;;
+esac

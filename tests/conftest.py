@@ -1,0 +1,68 @@
+"""Shared helpers: suite files, CLI runs in subprocesses, and the fault-injecting test plugin on a path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_SRC = Path(__file__).parent / "plugins"
+
+BASE_DEFAULTS = {"steps": 4, "warmup_steps": 1, "batch_size": 4, "seq_len": 16, "lr": 1e-3, "timeout_s": 120,
+                 "task": {"name": "toy-cls", "n_train": 32, "n_eval": 16}, "precision": "fp32", "grad_accum": 1,
+                 "model": "tiny-llama"}
+
+
+def make_suite(tmp_path: Path, matrix: dict[str, Any], name: str = "t", **defaults: Any) -> Path:
+    data = {"name": name, "defaults": {**{k: v for k, v in BASE_DEFAULTS.items() if k not in matrix}, **defaults},
+            "matrix": matrix}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, **kw)
+
+
+def fault_plugin_path(tmp_path: Path) -> Path:
+    """A directory holding the fault plugin package plus a dist-info whose entry points register it."""
+    site = tmp_path / "plugin-site"
+    if not site.exists():
+        site.mkdir()
+        pkg = site / "faultplugin"
+        pkg.mkdir()
+        for f in (PLUGIN_SRC / "faultplugin").glob("*.py"):
+            (pkg / f.name).write_text(f.read_text())
+        dist = site / "faultplugin-0.0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: faultplugin\nVersion: 0.0.1\n")
+        names = ["oom", "sleep", "slow", "crash", "patch", "check"]
+        eps = "\n".join(f"fault-{n} = faultplugin.methods:Fault{n.capitalize()}" for n in names)
+        (dist / "entry_points.txt").write_text(f"[peft_bench.methods]\n{eps}\n")
+    return site
+
+
+@pytest.fixture
+def fault_env(tmp_path, monkeypatch):
+    """Env for subprocesses (and this process) in which the fault plugin is installed."""
+    from bench import registry
+
+    site = fault_plugin_path(tmp_path)
+    monkeypatch.syspath_prepend(str(site))
+    registry.discover.cache_clear()
+    yield {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    registry.discover.cache_clear()

@@ -1,0 +1,91 @@
+"""Test-only methods that inject faults into a cell (installed on a path by tests/conftest.py)."""
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.methods.base import MethodConfig
+from bench.methods.full import FullFineTune
+
+
+@dataclass
+class SlowOptions(MethodConfig):
+    step_sleep_s: float = 0.5
+    marker: str = ""
+
+
+class FaultOom(FullFineTune):
+    name = "fault-oom"
+
+    def apply(self, model, config, ctx):
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+
+
+class FaultSleep(FullFineTune):
+    """Hangs forever, with a grandchild process that must be killed too."""
+
+    name = "fault-sleep"
+    config_cls = SlowOptions
+
+    def apply(self, model, config, ctx):
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        if config.marker:
+            Path(config.marker).write_text(str(proc.pid))
+        while True:
+            time.sleep(1)
+
+
+class FaultSlow(FullFineTune):
+    """Trains normally but sleeps after each step; writes `marker` when training has begun."""
+
+    name = "fault-slow"
+    config_cls = SlowOptions
+
+    def after_optimizer_step(self, model, step):
+        if self.config.marker:
+            Path(self.config.marker).write_text(str(os.getpid()))
+        time.sleep(self.config.step_sleep_s)
+
+    def apply(self, model, config, ctx):
+        self.config = config
+        return super().apply(model, config, ctx)
+
+
+class FaultCrash(FullFineTune):
+    name = "fault-crash"
+
+    def apply(self, model, config, ctx):
+        sys.stderr.write("about to crash hard\n")
+        sys.stderr.flush()
+        os._exit(7)
+
+
+class FaultPatch(FullFineTune):
+    """Monkeypatches a library function and leaks a global: the next cell must not see either."""
+
+    name = "fault-patch"
+
+    def apply(self, model, config, ctx):
+        import bench.metrics
+
+        bench.metrics.accuracy = lambda preds, refs: -1.0
+        bench.metrics.LEAKED = True
+        return super().apply(model, config, ctx)
+
+
+class FaultCheck(FullFineTune):
+    """Fails if an earlier cell's patch or leaked global is visible."""
+
+    name = "fault-check"
+
+    def apply(self, model, config, ctx):
+        import bench.metrics
+
+        if getattr(bench.metrics, "LEAKED", False) or bench.metrics.accuracy.__name__ != "accuracy":
+            raise RuntimeError("state leaked from an earlier cell")
+        return super().apply(model, config, ctx)

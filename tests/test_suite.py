@@ -1,0 +1,102 @@
+"""Suite loading, validation and expansion (no cells run)."""
+
+import pytest
+import yaml
+
+from bench.cli import main as cli_main
+from bench.errors import SuiteError
+from bench.suite import expand, load_suite
+from conftest import make_suite
+
+
+def test_matrix_expands_to_every_combination_with_readable_run_ids(tmp_path):
+    path = make_suite(tmp_path, {"model": ["tiny-llama", "tiny-bert"], "method": ["full", {"name": "lora", "r": 8}],
+                                 "grad_accum": [1, 2]})
+    specs = expand(load_suite(path))
+    assert len(specs) == 8
+    assert specs[2].run_id == "tiny-llama--toy-cls--lora-r8--fp32--ga1"
+    assert len({s.run_id for s in specs}) == 8
+    assert specs[2].method_options == {"r": 8}
+
+
+def test_run_id_is_deterministic_and_spec_round_trips(tmp_path):
+    from bench.spec import RunSpec
+
+    path = make_suite(tmp_path, {"method": [{"name": "lora", "r": 8, "alpha": 16}]})
+    a, b = expand(load_suite(path)), expand(load_suite(path))
+    assert a == b
+    assert RunSpec.from_json(a[0].to_json()) == a[0]
+
+
+def test_exclude_and_include(tmp_path):
+    data = {"name": "x", "defaults": {"steps": 4, "task": "toy-cls", "model": "tiny-llama", "grad_accum": 1},
+            "matrix": {"method": ["full", "lora"], "precision": ["fp32", "bf16"]},
+            "exclude": [{"method": "full", "precision": "bf16"}],
+            "include": [{"method": {"name": "lora", "r": 2}, "precision": "fp32"}]}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    ids = [s.run_id for s in expand(load_suite(path))]
+    assert "tiny-llama--toy-cls--full--bf16--ga1" not in ids
+    assert ids[-1] == "tiny-llama--toy-cls--lora-r2--fp32--ga1"
+    assert len(ids) == 4
+
+
+@pytest.mark.parametrize("matrix, defaults, expected", [
+    ({"modle": ["tiny-llama"]}, {}, "matrix.modle: unknown axis (did you mean 'model'?)"),
+    ({"method": ["lroa"]}, {}, "unknown method 'lroa' (did you mean 'lora'?)"),
+    ({}, {"steps": "ten"}, "defaults.steps: expected int, got str 'ten'"),
+    ({"method": [{"name": "lora", "rank": 8}]}, {}, "method.rank: unknown option"),
+    ({"model": ["tiny-lama"]}, {}, "unknown model 'tiny-lama' (did you mean 'tiny-llama'?)"),
+    ({"task": ["toy-clss"]}, {}, "unknown task 'toy-clss' (did you mean 'toy-cls'?)"),
+    ({"precision": ["bf61"]}, {}, "unknown precision 'bf61'"),
+    ({"grad_accum": [3]}, {}, "batch_size 4 is not divisible by grad_accum 3"),
+    ({"method": ["full"], "precision": ["nf4"]}, {}, "cannot train a nf4-quantized base"),
+    ({"method": ["qlora"], "precision": ["bf16"]}, {}, "method 'qlora' needs precision nf4"),
+    ({}, {"stepz": 3}, "defaults.stepz: unknown key (did you mean 'steps'?)"),
+])
+def test_bad_suite_names_the_key_and_choices(tmp_path, matrix, defaults, expected):
+    path = make_suite(tmp_path, {"method": ["lora"], **matrix}, **defaults)
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    assert any(expected in p and str(path) in p for p in err.value.problems), err.value.problems
+
+
+def test_malformed_yaml_reports_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nmatrix:\n  model: [tiny-llama\n  method: lora\n")
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    assert f"{path}:" in err.value.problems[0] and "malformed YAML" in err.value.problems[0]
+    assert err.value.problems[0].split(":")[1].isdigit()
+
+
+def test_cli_bad_suite_exits_2_one_line_per_problem_before_any_cell(tmp_path, capsys):
+    path = make_suite(tmp_path, {"modle": ["tiny-llama"], "method": ["lroa"]}, steps="ten")
+    rc = cli_main(["run", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) >= 3 and all(line.startswith("error: ") for line in err)
+    assert any("did you mean 'lora'" in line for line in err)
+    assert any("defaults.steps" in line for line in err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_lists_cells_and_count(tmp_path, capsys):
+    path = make_suite(tmp_path, {"method": ["full", "lora"], "grad_accum": [1, 2]})
+    assert cli_main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells" in out and "tiny-llama--toy-cls--full--fp32--ga2" in out
+
+
+def test_overrides_are_type_checked(tmp_path, capsys):
+    path = make_suite(tmp_path, {"method": ["full"]})
+    assert cli_main(["run", str(path), "--dry-run", "steps=abc"]) == 2
+    assert "override steps: expected int" in capsys.readouterr().err
+    assert cli_main(["run", str(path), "--dry-run", "steps=7", "precision=[fp32,bf16]"]) == 0
+    assert "2 cells" in capsys.readouterr().out
+
+
+def test_only_selects_cells(tmp_path, capsys):
+    path = make_suite(tmp_path, {"method": ["full", "lora"]})
+    assert cli_main(["run", str(path), "--dry-run", "--only", "*lora*"]) == 0
+    assert "1 cells" in capsys.readouterr().out
