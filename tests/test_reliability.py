@@ -1,0 +1,124 @@
+"""Every fault ends as a record or a clear error; nothing finished is lost. Faults come from the test-only
+fault plugin (tests/plugins/faultplugin), installed on a path through its entry points."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import cli, make_suite, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def start_cli(args, env):
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def wait_for(path: Path, timeout: float = 60) -> str:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.05)
+    raise TimeoutError(path)
+
+
+def test_oom_is_recorded_and_next_cell_runs(tmp_path, fault_env):
+    path = make_suite(tmp_path, {"method": ["fault-oom", "full"]})
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
+    assert res.returncode == 0, res.stderr
+    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert [r["status"] for r in recs] == ["oom", "success"]
+    assert "out of memory" in recs[0]["error"]["message"]
+    assert "peak_nvml_mib" in recs[0]["metrics"]  # the peak seen is kept (null here, with its reason)
+
+
+def test_crash_with_exit_code_is_failed_with_stderr_tail(tmp_path, fault_env):
+    path = make_suite(tmp_path, {"method": ["fault-crash", "full"]})
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
+    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert [r["status"] for r in recs] == ["failed", "success"], res.stdout
+    assert recs[0]["error"]["exit_code"] == 7
+    assert "about to crash hard" in recs[0]["error"]["stderr_tail"]
+    assert (Path(recs[0]["run_dir"]) / "stderr.log").exists()
+
+
+def test_kill_9_mid_training_is_failed_with_signal_and_suite_continues(tmp_path, fault_env):
+    marker = tmp_path / "training.pid"
+    path = make_suite(tmp_path, {"method": [{"name": "fault-slow", "marker": str(marker), "step_sleep_s": 2.0,
+                                             "label": "slow"}, "full"]}, steps=20)
+    proc = start_cli(["run", str(path), "--out", str(tmp_path / "out")], fault_env)
+    child_pid = int(wait_for(marker))
+    os.kill(child_pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert [r["status"] for r in recs] == ["failed", "success"]
+    assert recs[0]["error"]["signal"] == 9 and "SIGKILL" in recs[0]["error"]["message"]
+
+
+def test_hang_past_timeout_is_killed_with_its_whole_tree(tmp_path, fault_env):
+    marker = tmp_path / "grandchild.pid"
+    path = make_suite(tmp_path, {"method": [{"name": "fault-sleep", "marker": str(marker), "label": "hang"}]},
+                      timeout_s=5)
+    t0 = time.time()
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
+    assert time.time() - t0 < 30
+    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert rec["status"] == "timeout" and "after 5 s" in rec["error"]["message"]
+    grandchild = int(marker.read_text())
+    time.sleep(0.2)
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+    assert res.returncode == 0
+
+
+def test_sigint_cancels_current_cell_and_rerun_finishes_the_rest(tmp_path, fault_env):
+    marker = tmp_path / "training.pid"
+    slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 1.0, "label": "slow"}
+    path = make_suite(tmp_path, {"method": ["full", slow, "bitfit"], "model": ["tiny-bert"]}, steps=3)
+    out_dir = tmp_path / "out"
+    proc = start_cli(["run", str(path), "--out", str(out_dir)], fault_env)
+    wait_for(marker)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    recs = read_jsonl(out_dir / "results.jsonl")
+    assert [r["status"] for r in recs] == ["success", "canceled"], out
+    assert "canceled" in out
+    res = cli("run", str(path), "--out", str(out_dir), env=fault_env)
+    assert res.returncode == 0, res.stderr
+    assert "resume: 1 of 3" in res.stdout
+    recs = read_jsonl(out_dir / "results.jsonl")
+    successes = [r["run_id"] for r in recs if r["status"] == "success"]
+    assert len(successes) == 3 == len(set(successes))
+    slow_dir = Path([r for r in recs if "slow" in r["run_id"]][-1]["run_dir"])
+    assert (slow_dir / "attempts" / "1" / "spec.json").exists()  # the canceled attempt's files are kept
+
+
+def test_two_runners_on_one_out_dir(tmp_path, fault_env):
+    marker = tmp_path / "training.pid"
+    slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 1.0, "label": "slow"}
+    path = make_suite(tmp_path, {"method": [slow]}, steps=6)
+    first = start_cli(["run", str(path), "--out", str(tmp_path / "out")], fault_env)
+    try:
+        wait_for(marker)
+        res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
+        assert res.returncode != 0
+        assert f"PID {first.pid}" in res.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+
+
+def test_plugins_come_only_from_entry_points(tmp_path):
+    path = make_suite(tmp_path, {"method": ["faultplugin.methods:FaultOom"]})
+    res = cli("run", str(path), "--dry-run")
+    assert res.returncode == 2 and "unknown method" in res.stderr
