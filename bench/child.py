@@ -89,7 +89,8 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     from bench.methods.base import MethodContext
     from bench.models import load_model, resolve_source
     from bench.options import parse_options
-    from bench.precision import cast_frozen, dtype_report, load_kwargs, plan_precision
+    from bench.precision import (cast_frozen, dtype_report, keep_quantized_weights_trainable_on_cpu, load_kwargs,
+                                 plan_precision)
     from bench.train import make_accelerator, throughput_metrics, train
 
     timings["time_import_s"] = time.perf_counter() - t
@@ -130,8 +131,11 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     cast_frozen(model, plan)
     if not plan.quantized:
         model.to(device)
+    elif device == "cpu":
+        keep_quantized_weights_trainable_on_cpu(model)
     timings["time_method_apply_s"] = time.perf_counter() - t
     metrics["trainable_params"], metrics["total_params"] = count_params(model)
+    metrics["micro_batch_size"] = spec.micro_batch
     metrics["trainable_pct"] = 100 * metrics["trainable_params"] / max(metrics["total_params"], 1)
     result["dtypes"] = dtype_report(model, plan)
     accelerator = make_accelerator(plan, device)

@@ -99,3 +99,12 @@ def dtype_report(model: Any, plan: PrecisionPlan) -> dict[str, Any]:
         "compute_dtype": plan.compute_dtype,
         "quantized_layers": quant,
     }
+
+
+def keep_quantized_weights_trainable_on_cpu(model: Any) -> None:
+    """bitsandbytes repacks 4-bit weights for fast CPU inference on the first eval-mode forward; training after
+    that fails with an in-place error on the bias. Evaluation before training is part of every cell, so the
+    repacking (an inference-only speed-up) is switched off for CPU cells."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

@@ -66,3 +66,20 @@ def fault_env(tmp_path, monkeypatch):
     registry.discover.cache_clear()
     yield {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     registry.discover.cache_clear()
+
+
+SPEC_BASE = {"suite": "t", "model": "tiny-llama", "task": "toy-cls", "method": "full", "precision": "fp32",
+             "grad_accum": 1, "batch_size": 8, "steps": 4, "warmup_steps": 1, "seq_len": 16, "lr": 1e-3, "seed": 0,
+             "timeout_s": 120, "task_options": {"n_train": 32, "n_eval": 16}}
+
+
+def run_cell_inproc(run_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """Run one cell in this process (no spawn cost) through the child's own entry point."""
+    from accelerate.state import AcceleratorState
+
+    from bench.child import run_cell
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate's singleton; fresh in a real child
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.json").write_text(json.dumps({**SPEC_BASE, **overrides}))
+    return run_cell(run_dir)
