@@ -63,12 +63,12 @@ def train(model: Any, task: Any, spec: Any, method: Any, accelerator: Any, devic
             accelerator.backward(loss)
             step_loss += float(loss.detach())
         optimizer.step()
+        method.after_optimizer_step(model, step)  # part of the method's cost, so inside the timed step
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
         elapsed = time.perf_counter() - t0
         if getattr(optimizer, "step_was_skipped", False):
             stats.skipped_steps += 1
-        method.after_optimizer_step(model, step)
         stats.losses.append(step_loss if math.isfinite(step_loss) else float("nan"))
         if timed:
             stats.step_times_s.append(elapsed)

@@ -72,7 +72,8 @@ def test_quantized_base_trains_lora_on_cpu_and_says_so(tmp_path, precision, laye
     assert all(math.isfinite(x) for x in res["loss_curve"])
 
 
-def test_qlora_method_on_nf4(tmp_path):
-    res = run_cell_inproc(tmp_path, method="qlora", precision="nf4", model="tiny-bert")
+@pytest.mark.parametrize("method, precision, layer", [("qlora", "nf4", "Linear4bit"), ("lora8bit", "int8", "Linear8bitLt")])
+def test_quantized_lora_recipes_on_an_encoder_with_biases(tmp_path, method, precision, layer):
+    res = run_cell_inproc(tmp_path, method=method, precision=precision, model="tiny-bert")
     assert res["status"] == "success", res.get("error")
-    assert res["dtypes"]["quantized_layers"] == ["Linear4bit"]
+    assert res["dtypes"]["quantized_layers"] == [layer]

@@ -36,7 +36,7 @@ class Method:
         raise NotImplementedError
 
     def after_optimizer_step(self, model: Any, step: int) -> None:
-        """Hook for methods that adapt during training (AdaLoRA's rank allocation)."""
+        """Called after optimizer.step(), before the gradients are cleared (AdaLoRA's rank allocation)."""
 
     def save(self, model: Any, out_dir: Path) -> None:
         """Default: only the trainable tensors, as safetensors."""

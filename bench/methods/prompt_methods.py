@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,6 +57,14 @@ class PrefixOptions(MethodConfig):
 class PrefixTuning(PeftMethod):
     name = "prefix"
     config_cls = PrefixOptions
+
+    def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
+        # peft's sequence-classification wrapper feeds the prefix as past_key_values (same check as peft's forward)
+        backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+        if ctx.model_kind == "seq_cls" and not any(
+                m is not None and "past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)):
+            raise Unsupported(f"prefix tuning injects past key values; {type(model).__name__} does not accept them")
+        return super().apply(model, config, ctx)
 
     def peft_config(self, config: PrefixOptions, ctx: MethodContext) -> Any:
         import peft

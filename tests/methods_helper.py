@@ -1,0 +1,68 @@
+"""In-process method application and training for the method-catalogue tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+TASK_FOR = {"tiny-llama": "random-lm", "tiny-bert": "toy-cls"}
+
+
+@dataclass
+class Applied:
+    model: Any
+    method: Any
+    config: Any
+    ctx: Any
+    task: Any
+    spec: Any
+
+
+def build(model_name: str, method_name: str, options: dict | None = None, precision: str = "fp32") -> Applied:
+    from accelerate.state import AcceleratorState
+
+    from bench import registry
+    from bench.methods.base import MethodContext
+    from bench.models import load_model
+    from bench.options import parse_options
+    from bench.spec import RunSpec
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    task_name = TASK_FOR[model_name]
+    task_cls = registry.load("task", task_name)
+    method_cls = registry.load("method", method_name)
+    spec = RunSpec(suite="t", model=model_name, task=task_name, method=method_name, precision=precision,
+                   grad_accum=1, batch_size=4, steps=3, warmup_steps=1, seq_len=12, lr=1e-2, seed=0, timeout_s=60)
+    model, tok = load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0, {}, {})
+    task = task_cls(task_cls.config_cls(n_train=16, n_eval=8), spec.seq_len, 0)
+    task.load(tok, model.config)
+    cfg, problems = parse_options(method_cls.config_cls, options or {}, "method")
+    assert not problems, problems
+    ctx = MethodContext(task_cls.model_kind, precision, spec.steps, 0, False, tok)
+    method = method_cls()
+    model = method.apply(model, cfg, ctx)
+    return Applied(model, method, cfg, ctx, task, spec)
+
+
+def fresh_base(model_name: str) -> Any:
+    from bench import registry
+    from bench.models import load_model
+
+    task_cls = registry.load("task", TASK_FOR[model_name])
+    return load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0, {}, {})[0]
+
+
+def train_steps(a: Applied) -> None:
+    from bench.precision import plan_precision
+    from bench.train import make_accelerator, train
+
+    train(a.model, a.task, a.spec, a.method, make_accelerator(plan_precision("fp32", "cpu"), "cpu"), "cpu")
+
+
+def logits(a_model: Any, task: Any) -> Any:
+    import torch
+
+    batch = task.collate(task.eval)
+    a_model.eval()
+    with torch.no_grad():
+        return a_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
