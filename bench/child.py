@@ -12,6 +12,7 @@ import resource
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     from bench.options import parse_options
     from bench.precision import (cast_frozen, dtype_report, keep_quantized_weights_trainable_on_cpu, load_kwargs,
                                  plan_precision)
+    from bench.tasks.base import general_examples, lm_loss_eval
     from bench.train import make_accelerator, throughput_metrics, train
 
     timings["time_import_s"] = time.perf_counter() - t
@@ -145,6 +147,13 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     before = task.evaluate(model, device, spec.eval_batch_size, accelerator.autocast)
     eval_before = time.perf_counter() - t
 
+    general, general_what = [], ""
+    if task_cls.model_kind == "causal_lm":
+        general, general_what = general_examples(task, tokenizer, model.config.vocab_size)
+        if general:
+            with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+                metrics["general_loss_before"] = lm_loss_eval(task, model, device, spec.eval_batch_size,
+                                                              accelerator.autocast, general)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -173,6 +182,16 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     for key in before.keys() - {"score"}:
         metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after.get(key)
     metrics["eval_time_s"] = timings["time_eval_s"]
+    if general:
+        metrics["general_loss_after"] = lm_loss_eval(task, model, device, spec.eval_batch_size, accelerator.autocast,
+                                                     general)
+        metrics["forgetting_delta"] = metrics["general_loss_after"] - metrics["general_loss_before"]
+        result["task_info"]["general_text"] = general_what
+    else:
+        reason = general_what or "forgetting is measured for causal-LM tasks only"
+        for k in ("general_loss_before", "general_loss_after", "forgetting_delta"):
+            metrics[k] = None
+            missing[k] = reason
 
     t = time.perf_counter()
     if spec.save_checkpoint:

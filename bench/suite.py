@@ -159,6 +159,8 @@ def _check_axis_entry(axis: str, value: Any, where: str, problems: list[str]) ->
             if bad:
                 problems.append(f"{where}: unknown model option(s) {sorted(bad)}; valid: trust_remote_code, revision")
             return entry
+        if axis == "method" and "lr" in options:  # a per-method learning rate overrides defaults.lr
+            _check_default("lr", options.pop("lr"), f"{where}.lr", problems, {})
         try:
             cls = registry.load(axis, name)
         except RegistryError as exc:
@@ -241,9 +243,12 @@ def _to_spec(suite: Suite, cell: dict[str, Any]) -> RunSpec:
     return RunSpec(
         suite=suite.name, model=model["name"], task=task["name"], method=method["name"],
         precision=cell["precision"], grad_accum=cell["grad_accum"],
-        model_options=_options(model), task_options=_options(task), method_options=_options(method),
-        method_label=method.get("label", ""), suite_hash=suite.content_hash,
-        **{k: v for k, v in suite.defaults.items() if k in known},
+        model_options=_options(model), task_options=_options(task),
+        method_options={k: v for k, v in _options(method).items() if k != "lr"},
+        method_label=method.get("label") or method_label(method["name"], _options(method)),
+        suite_hash=suite.content_hash,
+        **{k: v for k, v in suite.defaults.items() if k in known and not (k == "lr" and "lr" in method)},
+        **({"lr": float(method["lr"])} if "lr" in method else {}),
     )
 
 

