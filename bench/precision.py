@@ -70,17 +70,23 @@ def load_kwargs(plan: PrecisionPlan, device: str, model_kind: str) -> dict[str, 
 
 
 def cast_frozen(model: Any, plan: PrecisionPlan) -> None:
-    """Store frozen floating-point weights in the plan's half type; trainable ones stay fp32."""
+    """Store frozen floating-point weights in the plan's half type; trainable ones stay fp32.
+
+    A module whose own parameters are partly trainable (BitFit: frozen weight, trained bias) keeps them all in
+    fp32, since kernels like layer_norm need one dtype for weight and bias."""
     if plan.half_dtype is None:
         return
     import torch
 
     half = getattr(torch, plan.half_dtype)
-    for p in model.parameters():
-        if not p.requires_grad and p.dtype.is_floating_point:
-            p.data = p.data.to(half)
-        elif p.requires_grad:
-            p.data = p.data.float()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        mixed = any(p.requires_grad for p in own)
+        for p in own:
+            if p.requires_grad or mixed:
+                p.data = p.data.float()
+            elif p.dtype.is_floating_point:
+                p.data = p.data.to(half)
 
 
 def dtype_report(model: Any, plan: PrecisionPlan) -> dict[str, Any]:

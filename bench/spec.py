@@ -74,7 +74,7 @@ def method_label(name: str, options: dict[str, Any]) -> str:
     if not options:
         return name
     compact = "-".join(f"{k}{_compact_value(v)}" for k, v in sorted(options.items()))
-    if len(compact) <= 24 and re.fullmatch(r"[A-Za-z0-9_.\-]+", compact):
+    if len(compact) <= 32 and re.fullmatch(r"[A-Za-z0-9_.\-]+", compact):
         return f"{name}-{compact}"
     digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     return f"{name}-{digest}"

@@ -25,6 +25,8 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "eval_batch_size": (int, 32), "save_checkpoint": (bool, True),
 }
 DEVICES = ("auto", "cpu", "cuda")
+# Training keys an axis entry may set for its own cells; precedence: method > task > model > defaults.
+ENTRY_OVERRIDES = ("steps", "warmup_steps", "batch_size", "seq_len", "lr", "eval_batch_size", "timeout_s")
 
 
 @dataclass
@@ -149,7 +151,10 @@ def _check_axis_entry(axis: str, value: Any, where: str, problems: list[str]) ->
             problems.append(f"{where}: expected a name or a mapping with `name`, got {value!r}")
             return {"name": "?"}
         name = entry["name"]
-        options = {k: v for k, v in entry.items() if k not in ("name", "label")}
+        options = _options(entry)
+        for key in ENTRY_OVERRIDES:
+            if key in options:
+                _check_default(key, options.pop(key), f"{where}.{key}", problems, {})
         if axis == "model":
             try:
                 models.resolve_source(name)
@@ -159,8 +164,6 @@ def _check_axis_entry(axis: str, value: Any, where: str, problems: list[str]) ->
             if bad:
                 problems.append(f"{where}: unknown model option(s) {sorted(bad)}; valid: trust_remote_code, revision")
             return entry
-        if axis == "method" and "lr" in options:  # a per-method learning rate overrides defaults.lr
-            _check_default("lr", options.pop("lr"), f"{where}.lr", problems, {})
         try:
             cls = registry.load(axis, name)
         except RegistryError as exc:
@@ -199,7 +202,7 @@ def _matches(rule: dict[str, Any], cell: dict[str, Any]) -> bool:
         entry = cell[axis]
         names = {_entry_name(axis, entry)}
         if axis == "method":
-            names.add(entry.get("label") or method_label(entry["name"], _options(entry)))
+            names.add(entry.get("label") or method_label(entry["name"], _plugin_options(entry)))
         wants = want if isinstance(want, list) else [want]
         if not any(_entry_name(axis, w) in names for w in wants):
             return False
@@ -208,6 +211,14 @@ def _matches(rule: dict[str, Any], cell: dict[str, Any]) -> bool:
 
 def _options(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k not in ("name", "label")}
+
+
+def _plugin_options(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _options(entry).items() if k not in ENTRY_OVERRIDES}
+
+
+def _entry_overrides(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if DEFAULTS[k][0] is float else v) for k, v in entry.items() if k in ENTRY_OVERRIDES}
 
 
 def expand(suite: Suite) -> list[RunSpec]:
@@ -229,7 +240,7 @@ def expand(suite: Suite) -> list[RunSpec]:
         spec = _to_spec(suite, cell)
         problems.extend(_combination_problems(suite.path, spec))
         if spec.run_id in seen:
-            problems.append(f"{suite.path}: two cells share run_id {spec.run_id!r}; give one method a `label`")
+            problems.append(f"{suite.path}: two cells share run_id {spec.run_id!r}; give one of the entries a `label`")
         seen[spec.run_id] = spec
         specs.append(spec)
     if problems:
@@ -240,15 +251,16 @@ def expand(suite: Suite) -> list[RunSpec]:
 def _to_spec(suite: Suite, cell: dict[str, Any]) -> RunSpec:
     known = {f.name for f in fields(RunSpec)}
     model, task, method = cell["model"], cell["task"], cell["method"]
+    training = {k: v for k, v in suite.defaults.items() if k in known}
+    for entry in (model, task, method):
+        training.update(_entry_overrides(entry))
     return RunSpec(
         suite=suite.name, model=model["name"], task=task["name"], method=method["name"],
         precision=cell["precision"], grad_accum=cell["grad_accum"],
-        model_options=_options(model), task_options=_options(task),
-        method_options={k: v for k, v in _options(method).items() if k != "lr"},
-        method_label=method.get("label") or method_label(method["name"], _options(method)),
-        suite_hash=suite.content_hash,
-        **{k: v for k, v in suite.defaults.items() if k in known and not (k == "lr" and "lr" in method)},
-        **({"lr": float(method["lr"])} if "lr" in method else {}),
+        model_options=_plugin_options(model), task_options=_plugin_options(task),
+        method_options=_plugin_options(method),
+        method_label=method.get("label") or method_label(method["name"], _plugin_options(method)),
+        suite_hash=suite.content_hash, **training,
     )
 
 

@@ -77,3 +77,10 @@ def test_quantized_lora_recipes_on_an_encoder_with_biases(tmp_path, method, prec
     res = run_cell_inproc(tmp_path, method=method, precision=precision, model="tiny-bert")
     assert res["status"] == "success", res.get("error")
     assert res["dtypes"]["quantized_layers"] == [layer]
+
+
+def test_bitfit_bf16_keeps_modules_with_trained_biases_in_fp32(tmp_path):
+    res = run_cell_inproc(tmp_path, model="tiny-bert", method="bitfit", precision="bf16")
+    assert res["status"] == "success", res.get("error")
+    d = res["dtypes"]
+    assert d["trainable_weight_dtype"] == "float32" and d["base_weight_dtypes"]["bfloat16"] > 0

@@ -106,7 +106,20 @@ def test_method_entry_may_set_its_own_learning_rate(tmp_path):
     path = make_suite(tmp_path, {"method": ["full", {"name": "lora", "r": 4, "lr": 0.003}]}, lr=0.0002)
     full, lora = expand(load_suite(path))
     assert full.lr == 0.0002 and lora.lr == 0.003
-    assert lora.method_options == {"r": 4} and lora.run_id.split("--")[2] == "lora-lr0.003-r4"
+    assert lora.method_options == {"r": 4} and lora.run_id.split("--")[2] == "lora-r4"
     bad = make_suite(tmp_path, {"method": [{"name": "lora", "lr": "fast"}]}, name="bad")
     with pytest.raises(SuiteError, match="method\\[0\\].lr: expected float"):
         load_suite(bad)
+
+
+def test_entries_override_training_defaults_method_over_task_over_model(tmp_path):
+    data = {"name": "o", "defaults": {"steps": 10, "lr": 0.001, "precision": "fp32", "grad_accum": 1},
+            "matrix": {"model": [{"name": "tiny-llama", "seq_len": 8}],
+                       "task": [{"name": "reverse", "steps": 200, "batch_size": 32, "length": 3}],
+                       "method": ["full", {"name": "lora", "lr": 0.005, "steps": 300}]}}
+    path = tmp_path / "o.yaml"
+    path.write_text(yaml.safe_dump(data))
+    full, lora = expand(load_suite(path))
+    assert (full.steps, full.batch_size, full.seq_len, full.lr) == (200, 32, 8, 0.001)
+    assert (lora.steps, lora.lr) == (300, 0.005)
+    assert full.task_options == {"length": 3} and lora.method_options == {}
