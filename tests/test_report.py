@@ -1,0 +1,111 @@
+"""Reporter: golden markdown, ratios vs full, plot with its data sidecar, exports, speed."""
+
+import copy
+import json
+import struct
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import report
+from bench.plot import pareto_front, pareto_plot
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def fixture_records():
+    return [json.loads(l) for l in (FIX / "report_records.jsonl").read_text().splitlines()]
+
+
+def test_golden_markdown_is_exact():
+    df = report.load(FIX / "report_records.jsonl")
+    assert report.to_markdown(df) == (FIX / "report_expected.md").read_text()
+
+
+def test_failed_cells_are_kept_with_their_status_and_pipes_escaped():
+    md = report.to_markdown(report.load(FIX / "report_records.jsonl"))
+    for status in ("**oom**", "**timeout**", "**unsupported**"):
+        assert status in md
+    assert "dora\\|x" in md and "80,100 at OOM" in md
+
+
+def test_ratios_against_full_baseline_by_precision():
+    df = report.with_ratios(report.load(FIX / "report_records.jsonl"))
+    lora16 = df[(df.method == "lora") & (df.precision == "fp16")].iloc[0]
+    assert lora16["mem_x"] == pytest.approx(9001.0 / 30999.0)
+    assert lora16["speed_x"] == pytest.approx(15123.0 / 11001.0)
+    assert lora16["ckpt_x"] == pytest.approx(45127680 / 2471628800)
+    assert lora16["score_delta"] == pytest.approx(0.88 - 0.905)
+    assert pd.isna(df[df.status == "oom"].iloc[0]["speed_x"])
+
+
+def test_missing_baseline_gives_no_ratio_columns():
+    recs = [r for r in fixture_records() if r["spec"]["method"] != "full"]
+    md = report.to_markdown(report.records_to_frame(recs))
+    assert "speed × full" not in md and "Δ score vs full" not in md and "lora-r16" in md
+
+
+def test_number_formatting():
+    assert report.fmt_num(1234567.8) == "1,234,568" and report.fmt_num(0.0012345) == "0.00123"
+    assert report.fmt_num(12.345) == "12.3" and report.fmt_num(None) == "-"
+    assert report.fmt_bytes(45127680) == "43.0 MiB" and report.fmt_bytes(512) == "512 B"
+
+
+def test_pareto_front():
+    pts = [(10, 0.5), (20, 0.9), (15, 0.4), (5, 0.3)]  # memory, lower is better
+    assert pareto_front(pts, x_higher_better=False) == [3, 0, 1]
+    assert pareto_front(pts, x_higher_better=True) == [1]
+
+
+def test_plot_is_a_png_with_one_point_per_successful_cell(tmp_path):
+    df = report.with_ratios(report.load(FIX / "report_records.jsonl"))
+    path = tmp_path / "plot.png"
+    data = pareto_plot(df, path)
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", head[16:24])
+    assert width > 500 and height > 300
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar == json.loads(json.dumps(data))
+    (group,) = sidecar["groups"]
+    assert [len(p["points"]) for p in group["panels"]] == [5, 5]
+    assert group["panels"][0]["x"] == "peak_nvml_mib"
+    assert "full bf16 ga1" in group["panels"][0]["front"]
+
+
+def test_csv_and_json_exports_round_trip(tmp_path):
+    df = report.load(FIX / "report_records.jsonl")
+    df.to_csv(tmp_path / "r.csv", index=False)
+    df.to_json(tmp_path / "r.json", orient="records")
+    back_csv = report.read_export(tmp_path / "r.csv")
+    back_json = report.read_export(tmp_path / "r.json")
+    for back in (back_csv, back_json):
+        assert list(back.columns) == list(df.columns)
+        pd.testing.assert_frame_equal(back.astype(object).where(back.notna(), None),
+                                      df.astype(object).where(df.notna(), None), check_dtype=False)
+
+
+def test_cli_report_writes_markdown_csv_json_and_plot(tmp_path):
+    from bench.cli import main
+
+    out = tmp_path / "r.md"
+    rc = main(["report", str(FIX / "report_records.jsonl"), "-o", str(out), "--csv", str(tmp_path / "r.csv"),
+               "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    assert rc == 0 and out.read_text().startswith("# peft-bench report: golden")
+    assert all((tmp_path / f).exists() for f in ("r.csv", "r.json", "r.png", "r.json"))
+
+
+def test_rendering_ten_thousand_records_is_fast():
+    base = fixture_records()
+    recs = []
+    for i in range(10_000):
+        r = copy.deepcopy(base[i % len(base)])
+        r["run_id"] = f"{r['run_id']}-{i}"
+        r["spec"]["model"] = f"m{i % 50}"
+        recs.append(r)
+    t0 = time.perf_counter()
+    md = report.to_markdown(report.records_to_frame(recs))
+    assert time.perf_counter() - t0 < 5
+    assert md.count("\n## ") == 50
