@@ -19,6 +19,7 @@ from typing import Any
 from bench.errors import Unsupported
 from bench.spec import RunSpec
 
+HEAVY_MODULES = ("peft", "bitsandbytes", "datasets", "evaluate")  # imported only by the cells that use them
 OOM_TEXT = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
@@ -74,6 +75,7 @@ def run_cell(run_dir: Path) -> dict[str, Any]:
         if isinstance(exc, KeyboardInterrupt):
             result["status"] = "canceled"
     result["metrics"]["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["heavy_modules_loaded"] = sorted(m for m in HEAVY_MODULES if m in sys.modules)
     result["timings"]["time_child_total_s"] = time.time() - t_main
     write_json_atomic(run_dir / "result.json", result)
     return result

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="list the cells and their count, run nothing")
     r.add_argument("--force", action="store_true", help="rerun finished cells too")
     r.add_argument("--only", action="append", default=[], metavar="PAT", help="cells whose run_id matches (glob)")
-    r.add_argument("--launcher", choices=["spawn", "fork-server"], default="spawn")
+    r.add_argument("--launcher", choices=["auto", "spawn", "fork-server"], default="auto",
+                   help="auto: fork-server without a GPU, spawn with one")
     r.add_argument("--allow-busy-gpu", action="store_true")
     r.add_argument("--busy-threshold-mib", type=float, default=500.0)
     r.set_defaults(fn=_run)

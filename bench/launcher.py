@@ -3,10 +3,14 @@ own session (process group) so the runner can kill its whole tree and a terminal
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -71,8 +75,79 @@ class SpawnLauncher:
         pass
 
 
-LAUNCHERS = {"spawn": SpawnLauncher}
+class ForkServerCell:
+    def __init__(self, server: ForkServerLauncher, pid: int):
+        self.server, self.pid = server, pid
+
+    def poll(self) -> int | None:
+        return self.server.exit_code(self.pid)
+
+    def kill_tree(self) -> None:
+        kill_tree(self.pid)
+        deadline = time.monotonic() + 10
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
-def make_launcher(name: str) -> SpawnLauncher:
+class ForkServerLauncher:
+    """Keeps one `python -m bench.forkserver` per runner; every cell is a fresh fork of it (own PID, own
+    session, nothing from earlier cells), so a cell pays no import bill."""
+
+    name = "fork-server"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.exits: dict[int, int] = {}
+        self.pids: queue.Queue = queue.Queue()
+        self.startup_s: float | None = None
+
+    def _start(self, env: dict[str, str]) -> None:
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.forkserver"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        msg = self.pids.get(timeout=300)
+        if "ready" not in msg:
+            raise RuntimeError(f"fork server failed to start: {msg}")
+        self.startup_s = time.perf_counter() - t0
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            msg = json.loads(line)
+            if "exit" in msg:
+                self.exits[msg["exit"]] = msg["code"]
+            else:
+                self.pids.put(msg)
+        self.pids.put({"error": f"fork server exited with code {proc.wait()}"})
+
+    def launch(self, run_dir: Path, env: dict[str, str]) -> CellProcess:
+        if self.proc is None or self.proc.poll() is not None:
+            self._start(env)
+        self.proc.stdin.write(json.dumps({"run_dir": str(run_dir)}) + "\n")
+        self.proc.stdin.flush()
+        msg = self.pids.get(timeout=60)
+        if "pid" not in msg:
+            raise RuntimeError(f"fork server did not start the cell: {msg}")
+        return ForkServerCell(self, msg["pid"])
+
+    def exit_code(self, pid: int) -> int | None:
+        if pid in self.exits:
+            return self.exits[pid]
+        if self.proc is not None and self.proc.poll() is not None and not psutil.pid_exists(pid):
+            return -9  # the server died; its child's exit status is lost
+        return None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                kill_tree(self.proc.pid)
+
+
+LAUNCHERS = {"spawn": SpawnLauncher, "fork-server": ForkServerLauncher}
+
+
+def make_launcher(name: str) -> SpawnLauncher | ForkServerLauncher:
     return LAUNCHERS[name]()

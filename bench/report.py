@@ -59,7 +59,7 @@ def read_export(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     text = {c: object for c in TEXT_COLUMNS}
     if path.suffix == ".json":
-        df = pd.read_json(path, orient="records", dtype=text, convert_dates=False)
+        df = pd.read_json(path, orient="records", dtype=text, keep_default_dates=False)
     else:
         df = pd.read_csv(path, dtype=text)
     return df

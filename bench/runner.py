@@ -28,7 +28,7 @@ class RunOptions:
     out_dir: Path
     force: bool = False
     only: list[str] = field(default_factory=list)
-    launcher: str = "spawn"
+    launcher: str = "auto"  # auto: fork-server without a GPU, spawn with one (see resolve_launcher)
     allow_busy_gpu: bool = False
     busy_threshold_mib: float = 500.0
     gpu_index: int = 0
@@ -50,6 +50,15 @@ class RunSummary:
 
 class BusyGpu(RuntimeError):
     pass
+
+
+def resolve_launcher(name: str, gpu_present: bool) -> str:
+    """`auto` picks the fork server on CPU-only machines (no per-cell import bill) and plain spawn where a GPU
+    is present: the fork server has not yet been validated with CUDA on a GPU node, so spawn stays the safe
+    default there until it is (README, "Launchers")."""
+    if name != "auto":
+        return name
+    return "spawn" if gpu_present else "fork-server"
 
 
 def select(specs: list[RunSpec], patterns: list[str]) -> list[RunSpec]:
@@ -102,7 +111,7 @@ def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], 
                 raise BusyGpu(f"GPU {opts.gpu_index} is busy (> {opts.busy_threshold_mib:.0f} MiB used by other "
                               f"processes); measurements would be untrustworthy. Processes:\n  "
                               + "\n  ".join(busy) + "\nUse --allow-busy-gpu to run anyway.")
-        launcher = make_launcher(opts.launcher)
+        launcher = make_launcher(resolve_launcher(opts.launcher, backend is not None))
         env_parent = base_env()
         if backend is not None:
             env_parent.update(gpu_driver=backend.driver(), nvml_gpu_name=backend.name(opts.gpu_index))
@@ -219,7 +228,8 @@ def build_record(spec: RunSpec, run_dir: Path, attempt: int, rc: int | None, out
         "error": error, "metrics": metrics, "missing_reason": missing, "timings": timings,
         "env": {**env_parent, **child.get("env", {})}, "dtypes": child.get("dtypes"),
         "task_info": child.get("task_info"), "model_info": child.get("model_info"),
-        "loss_curve": child.get("loss_curve"), "child_pid": child.get("child_pid"), "runner_pid": os.getpid(),
+        "loss_curve": child.get("loss_curve"), "heavy_modules_loaded": child.get("heavy_modules_loaded"),
+        "child_pid": child.get("child_pid"), "runner_pid": os.getpid(),
         "launcher": launcher, "gpu_index": gpu_index, "exit_code": rc, "run_dir": str(run_dir),
         "started_at": started_at, "duration_s": duration,
     }

@@ -51,11 +51,12 @@ def test_crash_with_exit_code_is_failed_with_stderr_tail(tmp_path, fault_env):
     assert (Path(recs[0]["run_dir"]) / "stderr.log").exists()
 
 
-def test_kill_9_mid_training_is_failed_with_signal_and_suite_continues(tmp_path, fault_env):
+@pytest.mark.parametrize("launcher", ["spawn", "fork-server"])
+def test_kill_9_mid_training_is_failed_with_signal_and_suite_continues(tmp_path, fault_env, launcher):
     marker = tmp_path / "training.pid"
     path = make_suite(tmp_path, {"method": [{"name": "fault-slow", "marker": str(marker), "step_sleep_s": 2.0,
                                              "label": "slow"}, "full"]}, steps=20)
-    proc = start_cli(["run", str(path), "--out", str(tmp_path / "out")], fault_env)
+    proc = start_cli(["run", str(path), "--out", str(tmp_path / "out"), "--launcher", launcher], fault_env)
     child_pid = int(wait_for(marker))
     os.kill(child_pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
@@ -65,12 +66,13 @@ def test_kill_9_mid_training_is_failed_with_signal_and_suite_continues(tmp_path,
     assert recs[0]["error"]["signal"] == 9 and "SIGKILL" in recs[0]["error"]["message"]
 
 
-def test_hang_past_timeout_is_killed_with_its_whole_tree(tmp_path, fault_env):
+@pytest.mark.parametrize("launcher", ["spawn", "fork-server"])
+def test_hang_past_timeout_is_killed_with_its_whole_tree(tmp_path, fault_env, launcher):
     marker = tmp_path / "grandchild.pid"
     path = make_suite(tmp_path, {"method": [{"name": "fault-sleep", "marker": str(marker), "label": "hang"}]},
                       timeout_s=5)
     t0 = time.time()
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--launcher", launcher, env=fault_env)
     assert time.time() - t0 < 30
     (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert rec["status"] == "timeout" and "after 5 s" in rec["error"]["message"]

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Harness overhead on this machine, in one run:
+
+(a) a bare in-process training loop written plainly here (no harness code), on the same tiny cell;
+(b) the same cell through the harness with each launcher (spawn, fork-server): tokens/s ratio harness/bare;
+(c) 10 one-step tiny cells per launcher: per-cell overhead = cell wall - (train + eval), and the whole
+    `peft-bench run` wall per cell, runner start-up included.
+
+Usage: python scripts/bench_overhead.py [--cells 10] [--steps 200] [--json out.json]
+Run it on an otherwise idle machine: OpenMP threads of concurrent processes distort CPU timings badly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+CELL = {"model": "tiny-llama", "task": {"name": "random-lm", "n_train": 256, "n_eval": 16}, "precision": "fp32",
+        "grad_accum": 1, "batch_size": 8, "seq_len": 64, "lr": 0.001, "seed": 0, "device": "cpu"}
+
+
+def bare_loop(steps: int, warmup: int) -> float:
+    """Tokens/s of a plain PyTorch + peft loop: same model, data, batch, method and optimizer as the cell."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from bench.models import CONFIGS
+    from bench.tasks.synthetic import RandomLM, SizeOptions
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**CONFIGS["tiny-llama"]))
+    task = RandomLM(SizeOptions(n_train=256, n_eval=16), seq_len=64, seed=0)
+    task.load(None, model.config)
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
+    batches = task.train_batches(8)
+    tokens, elapsed = 0, 0.0
+    model.train()
+    for step in range(steps):
+        batch = task.collate(next(batches))
+        t0 = time.perf_counter()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= warmup:
+            elapsed += time.perf_counter() - t0
+            tokens += int(batch["attention_mask"].sum())
+    return tokens / elapsed
+
+
+def run_suite(tmp: Path, name: str, methods: list, steps: int, launcher: str) -> tuple[float, list[dict]]:
+    suite = {"name": name, "defaults": {**CELL, "steps": steps, "warmup_steps": 0 if steps == 1 else 10,
+                                        "timeout_s": 600, "save_checkpoint": True}, "matrix": {"method": methods}}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp / f"out-{name}-{launcher}"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--launcher", launcher],
+                   check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "success" for r in recs), [r.get("error") for r in recs]
+    return wall, recs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    result: dict = {}
+    bare = bare_loop(args.steps, 10)
+    result["bare_tokens_per_s"] = bare
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        for launcher in ("spawn", "fork-server"):
+            _, (rec,) = run_suite(tmp, "speed", [{"name": "lora", "r": 8}], args.steps, launcher)
+            tps = rec["metrics"]["tokens_per_s"]
+            methods = [{"name": "lora", "r": 8, "label": f"lora-{i}"} for i in range(args.cells)]
+            wall, recs = run_suite(tmp, "overhead", methods, 1, launcher)
+            over = [r["duration_s"] - r["timings"]["time_train_s"] - r["timings"]["time_eval_s"] for r in recs]
+            result[launcher] = {
+                "harness_tokens_per_s": tps, "ratio_harness_over_bare": tps / bare,
+                "overhead_median_s": statistics.median(over), "overhead_s": over,
+                "cell_wall_median_s": statistics.median(r["duration_s"] for r in recs),
+                "suite_wall_s": wall, "suite_wall_per_cell_s": wall / args.cells,
+                "time_spawn_median_s": statistics.median(r["timings"]["time_spawn_s"] for r in recs),
+                "time_import_median_s": statistics.median(r["timings"]["time_import_s"] for r in recs),
+            }
+    print(f"bare loop: {bare:,.0f} tokens/s")
+    print(f"{'launcher':12s} {'tok/s':>9s} {'ratio':>6s} {'overhead p50 s':>15s} {'cell wall p50 s':>16s} "
+          f"{'suite wall/cell s':>18s}")
+    for launcher in ("spawn", "fork-server"):
+        r = result[launcher]
+        print(f"{launcher:12s} {r['harness_tokens_per_s']:9,.0f} {r['ratio_harness_over_bare']:6.3f} "
+              f"{r['overhead_median_s']:15.3f} {r['cell_wall_median_s']:16.3f} {r['suite_wall_per_cell_s']:18.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

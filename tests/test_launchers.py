@@ -1,0 +1,57 @@
+"""Launchers: the fork server keeps per-cell isolation and gives the same records as spawn; spawn cells
+import only the heavy libraries they use."""
+
+import pytest
+
+from conftest import cli, make_suite, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+SAME = ["trainable_params", "total_params", "checkpoint_bytes", "score_before", "score_after", "final_loss",
+        "timed_tokens", "micro_batch_size"]
+
+
+def test_spawn_and_fork_server_give_the_same_records(tmp_path):
+    path = make_suite(tmp_path, {"method": [{"name": "lora", "r": 4}, "adapter"]}, steps=5)
+    recs = {}
+    for launcher in ("spawn", "fork-server"):
+        res = cli("run", str(path), "--out", str(tmp_path / launcher), "--launcher", launcher)
+        assert res.returncode == 0, res.stderr
+        recs[launcher] = read_jsonl(tmp_path / launcher / "results.jsonl")
+    for a, b in zip(recs["spawn"], recs["fork-server"]):
+        assert (a["launcher"], b["launcher"]) == ("spawn", "fork-server")
+        assert a["status"] == b["status"] == "success"
+        assert {k: a["metrics"][k] for k in SAME} == {k: b["metrics"][k] for k in SAME}
+        assert a["loss_curve"] == b["loss_curve"] and a["dtypes"] == b["dtypes"]
+        assert b["timings"]["time_import_s"] < a["timings"]["time_import_s"]
+
+
+def test_fork_server_cells_are_isolated(tmp_path, fault_env):
+    path = make_suite(tmp_path, {"method": ["fault-patch", "fault-check", "full"]})
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--launcher", "fork-server", env=fault_env)
+    assert res.returncode == 0, res.stderr
+    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert [r["status"] for r in recs] == ["success"] * 3, [r.get("error") for r in recs]
+    assert recs[0]["metrics"]["score_after"] == -1.0  # the patch was live inside its own cell only
+    assert recs[1]["metrics"]["score_after"] >= 0
+    pids = {r["child_pid"] for r in recs}
+    assert len(pids) == 3 and recs[0]["runner_pid"] not in pids
+
+
+@pytest.mark.parametrize("launcher", ["spawn", "fork-server"])
+def test_crash_is_classified_alike_by_both_launchers(tmp_path, fault_env, launcher):
+    path = make_suite(tmp_path, {"method": ["fault-crash", "fault-oom"]})
+    cli("run", str(path), "--out", str(tmp_path / "out"), "--launcher", launcher, env=fault_env)
+    crash, oom = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert crash["status"] == "failed" and crash["exit_code"] == 7 and "about to crash" in crash["error"]["stderr_tail"]
+    assert oom["status"] == "oom"
+
+
+def test_spawn_cell_imports_only_what_it_uses(tmp_path):
+    path = make_suite(tmp_path, {"method": ["full", "lora"]})
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--launcher", "spawn")
+    assert res.returncode == 0, res.stderr
+    full, lora = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert full["heavy_modules_loaded"] == []
+    assert "peft" in lora["heavy_modules_loaded"] and "datasets" not in lora["heavy_modules_loaded"]
+    assert full["timings"]["time_spawn_s"] > 0
