@@ -64,6 +64,7 @@ def bare_loop(steps: int, warmup: int) -> float:
 def run_suite(tmp: Path, name: str, methods: list, steps: int, launcher: str) -> tuple[float, list[dict]]:
     suite = {"name": name, "defaults": {**CELL, "steps": steps, "warmup_steps": 0 if steps == 1 else 10,
                                         "timeout_s": 600, "save_checkpoint": True}, "matrix": {"method": methods}}
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
     out = tmp / f"out-{name}-{launcher}"
@@ -80,34 +81,45 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=10)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved bare/harness repetitions (medians)")
     ap.add_argument("--json")
     args = ap.parse_args()
     result: dict = {}
-    bare = bare_loop(args.steps, 10)
-    result["bare_tokens_per_s"] = bare
+    speeds: dict[str, list[float]] = {"bare": [], "spawn": [], "fork-server": []}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
+        for i in range(args.rounds):  # interleaved, so drift in machine speed hits all three alike
+            speeds["bare"].append(bare_loop(args.steps, 10))
+            for launcher in ("spawn", "fork-server"):
+                _, (rec,) = run_suite(tmp / f"r{i}", "speed", [{"name": "lora", "r": 8}], args.steps, launcher)
+                speeds[launcher].append(rec["metrics"]["tokens_per_s"])
+        bare = statistics.median(speeds["bare"])
+        result["bare_tokens_per_s"] = bare
+        result["tokens_per_s_rounds"] = speeds
         for launcher in ("spawn", "fork-server"):
-            _, (rec,) = run_suite(tmp, "speed", [{"name": "lora", "r": 8}], args.steps, launcher)
-            tps = rec["metrics"]["tokens_per_s"]
+            tps = statistics.median(speeds[launcher])
             methods = [{"name": "lora", "r": 8, "label": f"lora-{i}"} for i in range(args.cells)]
             wall, recs = run_suite(tmp, "overhead", methods, 1, launcher)
             over = [r["duration_s"] - r["timings"]["time_train_s"] - r["timings"]["time_eval_s"] for r in recs]
+            paired = [h / b for h, b in zip(speeds[launcher], speeds["bare"])]
             result[launcher] = {
-                "harness_tokens_per_s": tps, "ratio_harness_over_bare": tps / bare,
+                "harness_tokens_per_s": tps, "ratio_harness_over_bare": statistics.median(paired),
+                "paired_ratios": paired,
                 "overhead_median_s": statistics.median(over), "overhead_s": over,
                 "cell_wall_median_s": statistics.median(r["duration_s"] for r in recs),
                 "suite_wall_s": wall, "suite_wall_per_cell_s": wall / args.cells,
                 "time_spawn_median_s": statistics.median(r["timings"]["time_spawn_s"] for r in recs),
                 "time_import_median_s": statistics.median(r["timings"]["time_import_s"] for r in recs),
             }
-    print(f"bare loop: {bare:,.0f} tokens/s")
-    print(f"{'launcher':12s} {'tok/s':>9s} {'ratio':>6s} {'overhead p50 s':>15s} {'cell wall p50 s':>16s} "
+    print(f"bare loop: {bare:,.0f} tokens/s (median of {args.rounds}; all: "
+          + ", ".join(f"{k} {[round(v) for v in vals]}" for k, vals in speeds.items()) + ")")
+    print(f"{'launcher':12s} {'tok/s':>9s} {'ratio*':>6s} {'overhead p50 s':>15s} {'cell wall p50 s':>16s} "
           f"{'suite wall/cell s':>18s}")
     for launcher in ("spawn", "fork-server"):
         r = result[launcher]
         print(f"{launcher:12s} {r['harness_tokens_per_s']:9,.0f} {r['ratio_harness_over_bare']:6.3f} "
               f"{r['overhead_median_s']:15.3f} {r['cell_wall_median_s']:16.3f} {r['suite_wall_per_cell_s']:18.3f}")
+    print("ratio*: median over rounds of (harness tokens/s / bare tokens/s) measured back to back")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
