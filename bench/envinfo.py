@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -47,6 +48,7 @@ def device_env(device: str) -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads(),
+                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                            "cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine()}
     if device == "cuda":
         env["gpu_name"] = torch.cuda.get_device_name()
@@ -55,3 +57,19 @@ def device_env(device: str) -> dict[str, Any]:
     else:
         env["gpu_name"] = None
     return env
+
+
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, matched on the NVML/torch name.
+BF16_PEAK_FLOPS = {
+    "H200": 989.4e12, "H100 SXM": 989.4e12, "H100 80GB HBM3": 989.4e12, "H100 NVL": 835e12, "H100 PCIe": 756e12,
+    "GH200": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "L40": 181.05e12, "L4": 121e12, "A10G": 70e12,
+    "A10": 125e12, "RTX 4090": 165.2e12, "RTX 3090": 71e12, "B200": 2250e12,
+}
+
+
+def bf16_peak_flops(gpu_name: str | None) -> float | None:
+    """The table entry whose key occurs in the GPU name (longest match wins), else None."""
+    if not gpu_name:
+        return None
+    hits = [k for k in BF16_PEAK_FLOPS if k in gpu_name]
+    return BF16_PEAK_FLOPS[max(hits, key=len)] if hits else None

@@ -1,6 +1,6 @@
 """Fork server: imports the heavy libraries once, then forks a fresh child per cell.
 
-Protocol (JSON lines): the runner writes {"run_dir": DIR} to stdin; the server answers {"pid": P} at once and
+Protocol (JSON lines): the runner writes {"run_dir": DIR, "env": {...}} to stdin; the server answers {"pid": P} at once and
 {"exit": P, "code": C} when that child ends (C < 0: killed by signal -C). Each child starts a new session,
 sends its stdout/stderr to DIR's logs and runs bench.child.run_cell(DIR): the same file contract as spawn.
 Nothing initialises CUDA or starts a thread in the server before it forks.
@@ -20,8 +20,9 @@ PRELOAD = ("torch", "transformers", "accelerate", "peft", "transformers.models.l
            "bench.methods.peft_methods", "bench.methods.prompt_methods", "bench.tasks.synthetic")
 
 
-def _child(run_dir: Path) -> None:
+def _child(run_dir: Path, env: dict[str, str]) -> None:
     os.setsid()
+    os.environ.update(env)  # e.g. CUDA_VISIBLE_DEVICES; CUDA is not initialised yet, so it still applies
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     out = os.open(run_dir / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -47,6 +48,10 @@ def serve() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # preloaded objects stay out of the children's GC: no copy-on-write of the whole heap
     out_lock = threading.Lock()
     reply = sys.stdout
 
@@ -63,10 +68,10 @@ def serve() -> None:
     send({"ready": os.getpid()})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides; Ctrl-C reaches it, not us
     for line in sys.stdin:
-        run_dir = Path(json.loads(line)["run_dir"])
+        request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _child(run_dir)
+            _child(Path(request["run_dir"]), request.get("env", {}))
         send({"pid": pid})
         threading.Thread(target=reap, args=(pid,), daemon=True).start()
 

@@ -123,7 +123,8 @@ class ForkServerLauncher:
     def launch(self, run_dir: Path, env: dict[str, str]) -> CellProcess:
         if self.proc is None or self.proc.poll() is not None:
             self._start(env)
-        self.proc.stdin.write(json.dumps({"run_dir": str(run_dir)}) + "\n")
+        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}  # per-cell settings (GPU index)
+        self.proc.stdin.write(json.dumps({"run_dir": str(run_dir), "env": changed}) + "\n")
         self.proc.stdin.flush()
         msg = self.pids.get(timeout=60)
         if "pid" not in msg:

@@ -59,7 +59,7 @@ def read_export(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     text = {c: object for c in TEXT_COLUMNS}
     if path.suffix == ".json":
-        df = pd.read_json(path, orient="records", dtype=text, keep_default_dates=False)
+        df = pd.read_json(path, orient="records", dtype=False)  # JSON keeps its own types
     else:
         df = pd.read_csv(path, dtype=text)
     return df
@@ -225,7 +225,9 @@ def to_markdown(df: pd.DataFrame, group_by: tuple[str, ...] = ("model", "task"),
         metric = next((m for m in group["metric"] if isinstance(m, str)), "score")
         synth = " (synthetic task: shows that training moves the score, not language quality)" \
             if group["synthetic"].eq(True).any() else ""
-        out += [f"## {heading}", "", f"score: {metric}{synth}", "", group_table(group), ""]
+        baseline = group["majority_baseline_after"].dropna()
+        base_text = f"; majority-class baseline {fmt_num(baseline.iloc[0])}" if len(baseline) else ""
+        out += [f"## {heading}", "", f"score: {metric}{base_text}{synth}", "", group_table(group), ""]
     out += ["### How each column is measured", "", *[f"- {n}" for n in FOOTNOTES], ""]
     return "\n".join(out)
 

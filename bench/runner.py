@@ -17,6 +17,7 @@ from typing import Any, Callable
 from bench import nvml, records
 from bench.envinfo import base_env
 from bench.launcher import make_launcher
+from bench.scheduler import execute
 from bench.spec import RunSpec
 
 OOM_TEXT = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -31,7 +32,9 @@ class RunOptions:
     launcher: str = "auto"  # auto: fork-server without a GPU, spawn with one (see resolve_launcher)
     allow_busy_gpu: bool = False
     busy_threshold_mib: float = 500.0
-    gpu_index: int = 0
+    gpus: list[int] | None = None  # None: every GPU NVML sees (one CPU slot without a GPU)
+    executor: str = "local"  # local | slurm | submitit-local (bench/slurm.py)
+    executor_settings: dict[str, Any] = field(default_factory=dict)
     nvml_interval_s: float = 0.01
 
 
@@ -105,34 +108,51 @@ def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], 
         if summary.skipped:
             progress(f"resume: {summary.skipped} of {len(chosen)} cells already finished in {out}, skipped")
         backend, reason = nvml.open_backend()
+        slots = gpu_slots(opts.gpus, backend)
         if backend is not None and not opts.allow_busy_gpu:
-            busy = nvml.busy_processes(backend, opts.gpu_index, opts.busy_threshold_mib, {os.getpid()})
-            if busy:
-                raise BusyGpu(f"GPU {opts.gpu_index} is busy (> {opts.busy_threshold_mib:.0f} MiB used by other "
-                              f"processes); measurements would be untrustworthy. Processes:\n  "
-                              + "\n  ".join(busy) + "\nUse --allow-busy-gpu to run anyway.")
-        launcher = make_launcher(resolve_launcher(opts.launcher, backend is not None))
+            for gpu in slots:
+                busy = nvml.busy_processes(backend, gpu, opts.busy_threshold_mib, {os.getpid()})
+                if busy:
+                    raise BusyGpu(f"GPU {gpu} is busy (> {opts.busy_threshold_mib:.0f} MiB used by other "
+                                  f"processes); measurements would be untrustworthy. Processes:\n  "
+                                  + "\n  ".join(busy) + "\nUse --allow-busy-gpu to run anyway.")
+        launcher_name = resolve_launcher(opts.launcher, backend is not None)
+        launchers = {slot: make_launcher(launcher_name) for slot in slots}
         env_parent = base_env()
         if backend is not None:
-            env_parent.update(gpu_driver=backend.driver(), nvml_gpu_name=backend.name(opts.gpu_index))
-        cell_times: list[float] = []
+            env_parent.update(gpu_driver=backend.driver())
+        if len(slots) > 1:
+            progress(f"running on GPUs {', '.join(map(str, slots))}, one cell per GPU at a time")
+        t_cells = time.perf_counter()
+
+        def run(spec: RunSpec, slot: int | None) -> dict[str, Any]:
+            return run_one(spec, out, launchers[slot], backend, reason, opts, cancel, env_parent, slot)
+
+        def done(rec: dict[str, Any], slot: int | None) -> None:
+            records.append_record(out, rec)
+            summary.ran += 1
+            summary.counts[rec["status"]] = summary.counts.get(rec["status"], 0) + 1
+            per_cell = (time.perf_counter() - t_cells) / summary.ran
+            progress(progress_line(summary.ran, len(todo), rec, rec["duration_s"] or 0.0,
+                                   per_cell * (len(todo) - summary.ran)))
+            if rec["status"] == "canceled" and not summary.canceled:
+                summary.canceled = True
+                progress("canceled: stopped after recording the running cell(s); rerun to resume")
+
         try:
             with _Cancel() as cancel:
-                for i, spec in enumerate(todo, 1):
-                    t_cell = time.perf_counter()
-                    rec = run_one(spec, out, launcher, backend, reason, opts, cancel, env_parent)
-                    records.append_record(out, rec)
-                    summary.ran += 1
-                    summary.counts[rec["status"]] = summary.counts.get(rec["status"], 0) + 1
-                    cell_times.append(time.perf_counter() - t_cell)
-                    eta = sum(cell_times) / len(cell_times) * (len(todo) - i)
-                    progress(progress_line(i, len(todo), rec, cell_times[-1], eta))
-                    if rec["status"] == "canceled":
-                        summary.canceled = True
-                        progress("canceled: stopped after recording the running cell; rerun to resume")
-                        break
+                if opts.executor == "local":
+                    execute(todo, slots, run, done, lambda: cancel.flag or summary.canceled)
+                else:
+                    from bench import slurm
+
+                    progress(f"submitting {len(todo)} jobs with submitit ({opts.executor}); logs in {out / 'slurm'}")
+                    slurm.run_jobs(todo, out, opts.executor, opts.executor_settings, opts.nvml_interval_s,
+                                   lambda rec: done(rec, None), cancel,
+                                   lambda spec, status, msg: job_failure_record(spec, out, status, msg))
         finally:
-            launcher.close()
+            for launcher in launchers.values():
+                launcher.close()
     summary.wall_s = time.perf_counter() - t_start
     return summary
 
@@ -151,8 +171,17 @@ def _archive_previous_attempt(run_dir: Path) -> int:
     return n_done + 1
 
 
+def gpu_slots(gpus: list[int] | None, backend: Any) -> list[int | None]:
+    """GPU indices to run on: the ones asked for, else every device NVML sees, else one CPU slot (None)."""
+    if gpus:
+        return list(gpus)
+    if backend is not None:
+        return list(range(backend.device_count()))
+    return [None]
+
+
 def run_one(spec: RunSpec, out: Path, launcher: Any, backend: Any, reason: str | None, opts: RunOptions,
-            cancel: _Cancel, env_parent: dict[str, Any]) -> dict[str, Any]:
+            cancel: _Cancel, env_parent: dict[str, Any], gpu: int | None) -> dict[str, Any]:
     run_dir = out / "runs" / spec.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     attempt = _archive_previous_attempt(run_dir)
@@ -161,7 +190,10 @@ def run_one(spec: RunSpec, out: Path, launcher: Any, backend: Any, reason: str |
     t0 = time.perf_counter()
     (run_dir / "launch.json").write_text(json.dumps({"launch_time": time.time()}))
     env = dict(os.environ)
-    sampler = nvml.Sampler(backend, opts.gpu_index, reason, opts.nvml_interval_s)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    sampler = nvml.Sampler(backend, gpu or 0, reason, opts.nvml_interval_s)
+    started_unix = time.time()
     proc = launcher.launch(run_dir, env)
     sampler.start(proc.pid)
     outcome = None
@@ -177,8 +209,22 @@ def run_one(spec: RunSpec, out: Path, launcher: Any, backend: Any, reason: str |
         time.sleep(0.01)
     peaks = sampler.stop()
     duration = time.perf_counter() - t0
-    return build_record(spec, run_dir, attempt, rc, outcome, peaks, started_at, duration, env_parent,
-                        launcher.name, opts.gpu_index if backend is not None else None)
+    rec = build_record(spec, run_dir, attempt, rc, outcome, peaks, started_at, duration, env_parent,
+                       launcher.name, gpu)
+    if backend is not None and gpu is not None:
+        rec["env"]["nvml_gpu_name"] = backend.name(gpu)
+    rec.update(started_unix=started_unix, ended_unix=time.time())
+    return rec
+
+
+def job_failure_record(spec: RunSpec, out: Path, status: str, message: str) -> dict[str, Any]:
+    """A record for a cell whose job never produced one (canceled before it ran, or the job died)."""
+    return {
+        "run_id": spec.run_id, "attempt": None, "status": status, "spec": json.loads(spec.to_json()),
+        "error": {"type": status, "message": message}, "metrics": {}, "missing_reason": {}, "timings": {},
+        "env": base_env(), "run_dir": str(out / "runs" / spec.run_id), "runner_pid": os.getpid(),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": None,
+    }
 
 
 def stderr_tail(run_dir: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -221,6 +267,12 @@ def build_record(spec: RunSpec, run_dir: Path, attempt: int, rc: int | None, out
     peak.pop("samples")
     metrics.update(peak)
     metrics["nvml_samples"] = peaks.samples
+    if peaks.energy_j is not None and metrics.get("timed_tokens"):
+        # whole-cell energy (load, eval, save included) per timed training token: an upper bound
+        metrics["energy_per_token_j"] = peaks.energy_j / metrics["timed_tokens"]
+    else:
+        metrics["energy_per_token_j"] = None
+        missing["energy_per_token_j"] = missing.get("energy_j") or "no timed tokens"
     timings = dict(child.get("timings", {}))
     timings["duration_s"] = duration
     return {

@@ -94,12 +94,23 @@ def parse_suite(data: Any, where: str, overrides: list[str]) -> Suite:
             problems.append(f"{where}: matrix.{axis}: missing; give the axis in matrix or fix it in defaults")
     for axis, values in axes.items():
         axes[axis] = [_check_axis_entry(axis, v, f"{where}: matrix.{axis}[{i}]", problems) for i, v in enumerate(values)]
+    executor = _mapping(data.get("executor"), f"{where}: executor", problems)
+    from bench.slurm import EXECUTORS, SETTINGS
+
+    for key, value in executor.items():
+        if key == "kind":
+            if value not in EXECUTORS:
+                problems.append(f"{where}: executor.kind: {value!r} is not one of {', '.join(EXECUTORS)}")
+        elif key not in SETTINGS:
+            valid = ["kind", *SETTINGS]
+            problems.append(f"{where}: executor.{key}: unknown key{suggest(key, valid)}; valid: {', '.join(valid)}")
+        elif err := _type_error(value, SETTINGS[key]):
+            problems.append(f"{where}: executor.{key}: {err}")
     exclude = _rules(data.get("exclude"), f"{where}: exclude", problems)
     include = _rules(data.get("include"), f"{where}: include", problems)
     if problems:
         raise SuiteError(problems)
-    suite = Suite(str(data.get("name") or Path(where).stem), where, defaults, axes, exclude, include,
-                  data.get("executor") or {})
+    suite = Suite(str(data.get("name") or Path(where).stem), where, defaults, axes, exclude, include, executor)
     expand(suite)  # cross-field checks (divisibility, method/precision combinations) before any cell runs
     return suite
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Harness overhead on this machine, in one run:
 
-(a) a bare in-process training loop written plainly here (no harness code), on the same tiny cell;
+(a) the bare training loop of bench/selfcheck.py (plain PyTorch + peft, no harness code) on the same tiny cell;
 (b) the same cell through the harness with each launcher (spawn, fork-server): tokens/s ratio harness/bare;
 (c) 10 one-step tiny cells per launcher: per-cell overhead = cell wall - (train + eval), and the whole
     `peft-bench run` wall per cell, runner start-up included.
@@ -27,38 +27,16 @@ CELL = {"model": "tiny-llama", "task": {"name": "random-lm", "n_train": 256, "n_
         "grad_accum": 1, "batch_size": 8, "seq_len": 64, "lr": 0.001, "seed": 0, "device": "cpu"}
 
 
-def bare_loop(steps: int, warmup: int) -> float:
-    """Tokens/s of a plain PyTorch + peft loop: same model, data, batch, method and optimizer as the cell."""
-    import torch
-    import transformers
-    from peft import LoraConfig, get_peft_model
+def bare_tokens_per_s(steps: int) -> float:
+    """The plain loop of bench/selfcheck.py (no harness code), in its own process, on the same cell."""
+    from bench.selfcheck import run_bare
+    from bench.spec import RunSpec
 
-    from bench.models import CONFIGS
-    from bench.tasks.synthetic import RandomLM, SizeOptions
-
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**CONFIGS["tiny-llama"]))
-    task = RandomLM(SizeOptions(n_train=256, n_eval=16), seq_len=64, seed=0)
-    task.load(None, model.config)
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
-    batches = task.train_batches(8)
-    tokens, elapsed = 0, 0.0
-    model.train()
-    for step in range(steps):
-        batch = task.collate(next(batches))
-        t0 = time.perf_counter()
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                 labels[:, 1:].reshape(-1), ignore_index=-100)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step >= warmup:
-            elapsed += time.perf_counter() - t0
-            tokens += int(batch["attention_mask"].sum())
-    return tokens / elapsed
+    spec = RunSpec(suite="overhead", model="tiny-llama", task="random-lm", method="lora", precision="fp32",
+                   grad_accum=1, batch_size=8, steps=steps, warmup_steps=10, seq_len=64, lr=0.001, seed=0,
+                   timeout_s=600, device="cpu", task_options={"n_train": 256, "n_eval": 16},
+                   method_options={"r": 8, "alpha": 16})
+    return run_bare(spec)["tokens_per_s"]
 
 
 def run_suite(tmp: Path, name: str, methods: list, steps: int, launcher: str) -> tuple[float, list[dict]]:
@@ -89,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         for i in range(args.rounds):  # interleaved, so drift in machine speed hits all three alike
-            speeds["bare"].append(bare_loop(args.steps, 10))
+            speeds["bare"].append(bare_tokens_per_s(args.steps))
             for launcher in ("spawn", "fork-server"):
                 _, (rec,) = run_suite(tmp / f"r{i}", "speed", [{"name": "lora", "r": 8}], args.steps, launcher)
                 speeds[launcher].append(rec["metrics"]["tokens_per_s"])

@@ -1,0 +1,124 @@
+"""GPU-node features tested on CPU: one cell per GPU at a time over fake NVML devices, MFU table."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from bench import nvml
+from bench.envinfo import bf16_peak_flops
+from bench.scheduler import execute
+from conftest import cli, make_suite, read_jsonl
+
+
+def test_scheduler_never_runs_two_items_on_one_slot_and_runs_each_once():
+    active: dict[int, int] = {s: 0 for s in range(4)}
+    seen: list[int] = []
+    clash = []
+    lock = threading.Lock()
+
+    def run(item, slot):
+        with lock:
+            active[slot] += 1
+            clash.append(active[slot] > 1)
+        time.sleep(0.01 * (item % 3))
+        with lock:
+            active[slot] -= 1
+        return item
+
+    execute(list(range(40)), [0, 1, 2, 3], run, lambda item, slot: seen.append(item), lambda: False)
+    assert sorted(seen) == list(range(40)) and not any(clash)
+
+
+def test_scheduler_stops_taking_work_when_told():
+    done = []
+    execute(list(range(10)), [0], lambda i, s: i, lambda i, s: done.append(i), lambda: len(done) >= 3)
+    assert done == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_cells_spread_over_four_fake_gpus_one_at_a_time(tmp_path):
+    fake = {"devices": [{"name": f"FakeGPU{i}", "used_mib": 100 * i, "processes": []} for i in range(4)]}
+    path = make_suite(tmp_path, {"method": [{"name": "lora", "r": r} for r in (1, 2, 3, 4, 5, 6, 7, 8)]})
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--gpus", "0,1,2,3", "--launcher", "fork-server",
+              env={nvml.FAKE_ENV: json.dumps(fake)})
+    assert res.returncode == 0, res.stderr
+    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert sorted(r["run_id"] for r in recs) == sorted({r["run_id"] for r in recs}) and len(recs) == 8
+    assert all(r["status"] == "success" for r in recs)
+    by_gpu: dict[int, list] = {}
+    for r in recs:
+        assert r["env"]["cuda_visible_devices"] == str(r["gpu_index"])
+        assert r["env"]["nvml_gpu_name"] == f"FakeGPU{r['gpu_index']}"
+        assert r["metrics"]["baseline_nvml_mib"] == 100 * r["gpu_index"]
+        by_gpu.setdefault(r["gpu_index"], []).append((r["started_unix"], r["ended_unix"]))
+    assert len(by_gpu) >= 2
+    for spans in by_gpu.values():
+        spans.sort()
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+def test_bf16_peak_table_matches_gpu_names():
+    assert bf16_peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert bf16_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert bf16_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bf16_peak_flops("Some Unknown GPU") is None
+
+
+def test_mfu_formula_and_missing_reasons():
+    from bench.child import mfu
+
+    m, miss = {"total_params": 1_000_000_000, "tokens_per_s": 10_000.0}, {}
+    mfu(m, miss, {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3"})
+    assert m["mfu"] == pytest.approx(6e9 * 1e4 / 989.4e12) and "mfu" not in miss
+    m, miss = {"total_params": 10, "tokens_per_s": 1.0}, {}
+    mfu(m, miss, {"device": "cpu"})
+    assert m["mfu"] is None and "GPU" in miss["mfu"]
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_a_four_cell_suite(tmp_path):
+    data = {"name": "sl", "defaults": {"steps": 3, "warmup_steps": 1, "batch_size": 4, "seq_len": 16, "timeout_s": 300,
+                                       "task": {"name": "toy-cls", "n_train": 16, "n_eval": 8}, "precision": "fp32",
+                                       "model": "tiny-bert"},
+            "matrix": {"method": ["full", "bitfit"], "grad_accum": [1, 2]}, "executor": {"kind": "submitit-local"}}
+    import yaml
+
+    path = tmp_path / "sl.yaml"
+    path.write_text(yaml.safe_dump(data))
+    res = cli("run", str(path), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert len(recs) == 4 and all(r["status"] == "success" for r in recs), [r.get("error") for r in recs]
+    assert all(r["metrics"]["trainable_params"] > 0 and r["loss_curve"] for r in recs)
+    assert (tmp_path / "out" / "slurm").is_dir()
+    res = cli("run", str(path), "--out", str(tmp_path / "out"))  # resume across submissions: nothing to redo
+    assert "resume: 4 of 4" in res.stdout and len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 4
+
+
+def test_bad_executor_block_is_rejected(tmp_path):
+    import yaml
+
+    from bench.errors import SuiteError
+    from bench.suite import load_suite
+
+    data = {"name": "x", "defaults": {"task": "toy-cls", "precision": "fp32", "grad_accum": 1, "model": "tiny-bert",
+                                      "method": "full"},
+            "matrix": {}, "executor": {"kind": "slurmm", "partiton": "gpu"}}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    text = "\n".join(err.value.problems)
+    assert "executor.kind: 'slurmm'" in text and "did you mean 'partition'" in text
+
+
+@pytest.mark.slow
+def test_selfcheck_compares_harness_with_bare_loop_on_cpu(tmp_path):
+    res = cli("selfcheck", "--out", str(tmp_path), "--steps", "12", "--rounds", "1", "--precision", "fp32")
+    assert res.returncode == 0, res.stderr
+    assert "tokens/s harness/bare:" in res.stdout and "NVML check skipped" in res.stdout
+    data = json.loads(res.stdout[: res.stdout.rindex("}") + 1])
+    assert data["bare_tokens_per_s"][0] > 0 and data["harness_tokens_per_s"][0] > 0
+    assert data["nvml_diff_pct"] is None
