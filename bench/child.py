@@ -58,8 +58,13 @@ def run_cell(run_dir: Path) -> dict[str, Any]:
     t_main = time.time()
     spec = RunSpec.read(run_dir / "spec.json")
     launched = launch_time(run_dir)
-    result: dict[str, Any] = {"status": "failed", "child_pid": os.getpid(), "metrics": {}, "missing_reason": {},
-                              "timings": {"time_spawn_s": (t_main - launched) if launched else None}}
+    result: dict[str, Any] = {
+        "status": "failed",
+        "child_pid": os.getpid(),
+        "metrics": {},
+        "missing_reason": {},
+        "timings": {"time_spawn_s": (t_main - launched) if launched else None},
+    }
     try:
         _run(spec, run_dir, result)
         result["status"] = "success"
@@ -69,8 +74,11 @@ def run_cell(run_dir: Path) -> dict[str, Any]:
     except BaseException as exc:  # noqa: BLE001 - every failure must become a record
         text = f"{type(exc).__name__}: {exc}"
         result["status"] = "oom" if any(s in text for s in OOM_TEXT) else "failed"
-        result["error"] = {"type": type(exc).__name__, "message": str(exc)[:2000],
-                           "traceback": traceback.format_exc()[-8000:]}
+        result["error"] = {
+            "type": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "traceback": traceback.format_exc()[-8000:],
+        }
         traceback.print_exc()
         if isinstance(exc, KeyboardInterrupt):
             result["status"] = "canceled"
@@ -92,8 +100,13 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     from bench.methods.base import MethodContext
     from bench.models import load_model, resolve_source
     from bench.options import parse_options
-    from bench.precision import (cast_frozen, dtype_report, keep_quantized_weights_trainable_on_cpu, load_kwargs,
-                                 plan_precision)
+    from bench.precision import (
+        cast_frozen,
+        dtype_report,
+        keep_quantized_weights_trainable_on_cpu,
+        load_kwargs,
+        plan_precision,
+    )
     from bench.tasks.base import general_examples, lm_loss_eval
     from bench.train import make_accelerator, throughput_metrics, train
 
@@ -108,17 +121,30 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     if problems or problems2:
         raise ValueError("; ".join(problems + problems2))
     plan = plan_precision(spec.precision, device)
-    result["task_info"] = {"metric": task_cls.metric, "higher_is_better": task_cls.higher_is_better,
-                           "score_range": task_cls.score_range, "synthetic": task_cls.synthetic}
+    result["task_info"] = {
+        "metric": task_cls.metric,
+        "higher_is_better": task_cls.higher_is_better,
+        "score_range": task_cls.score_range,
+        "synthetic": task_cls.synthetic,
+    }
 
     t = time.perf_counter()
-    model, tokenizer = load_model(spec.model, task_cls.model_kind, task_cls.num_labels, spec.seed,
-                                  load_kwargs(plan, device, task_cls.model_kind), spec.model_options)
+    model, tokenizer = load_model(
+        spec.model,
+        task_cls.model_kind,
+        task_cls.num_labels,
+        spec.seed,
+        load_kwargs(plan, device, task_cls.model_kind),
+        spec.model_options,
+    )
     if not plan.quantized:
         model.to(device)
     timings["time_model_load_s"] = time.perf_counter() - t
-    result["model_info"] = {"class": type(model).__name__, "random_weights": resolve_source(spec.model).random_weights,
-                            "has_tokenizer": tokenizer is not None}
+    result["model_info"] = {
+        "class": type(model).__name__,
+        "random_weights": resolve_source(spec.model).random_weights,
+        "has_tokenizer": tokenizer is not None,
+    }
 
     t = time.perf_counter()
     task = task_cls(task_cfg, spec.seq_len, spec.seed)
@@ -154,8 +180,9 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
         general, general_what = general_examples(task, tokenizer, model.config.vocab_size)
         if general:
             with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-                metrics["general_loss_before"] = lm_loss_eval(task, model, device, spec.eval_batch_size,
-                                                              accelerator.autocast, general)
+                metrics["general_loss_before"] = lm_loss_eval(
+                    task, model, device, spec.eval_batch_size, accelerator.autocast, general
+                )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -172,8 +199,12 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
     metrics.update(tp)
     missing.update(tp_missing)
     mfu(metrics, missing, result["env"])
-    metrics.update(final_loss=stats.losses[-1] if stats.losses else None, skipped_steps=stats.skipped_steps,
-                   timed_steps=len(stats.step_times_s), timed_tokens=stats.timed_tokens)
+    metrics.update(
+        final_loss=stats.losses[-1] if stats.losses else None,
+        skipped_steps=stats.skipped_steps,
+        timed_steps=len(stats.step_times_s),
+        timed_tokens=stats.timed_tokens,
+    )
     result["loss_curve"] = stats.losses
     result["step_times_s"] = stats.step_times_s
 
@@ -186,8 +217,9 @@ def _run(spec: RunSpec, run_dir: Path, result: dict[str, Any]) -> None:
         metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after.get(key)
     metrics["eval_time_s"] = timings["time_eval_s"]
     if general:
-        metrics["general_loss_after"] = lm_loss_eval(task, model, device, spec.eval_batch_size, accelerator.autocast,
-                                                     general)
+        metrics["general_loss_after"] = lm_loss_eval(
+            task, model, device, spec.eval_batch_size, accelerator.autocast, general
+        )
         metrics["forgetting_delta"] = metrics["general_loss_after"] - metrics["general_loss_before"]
         result["task_info"]["general_text"] = general_what
     else:

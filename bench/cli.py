@@ -32,12 +32,25 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError:
             raise SuiteError([f"--gpus {args.gpus!r}: expected comma-separated integers like 0,1,2,3"]) from None
     settings = {k: v for k, v in suite.executor.items() if k != "kind"}
-    settings.update({k: getattr(args, k) for k in ("partition", "account", "time_min", "gpus_per_job")
-                     if getattr(args, k) is not None})
+    settings.update(
+        {
+            k: getattr(args, k)
+            for k in ("partition", "account", "time_min", "gpus_per_job")
+            if getattr(args, k) is not None
+        }
+    )
     executor = args.executor or suite.executor.get("kind", "local")
-    opts = runner.RunOptions(out_dir=out, force=args.force, only=args.only, launcher=args.launcher, gpus=gpus,
-                             executor=executor, executor_settings=settings,
-                             allow_busy_gpu=args.allow_busy_gpu, busy_threshold_mib=args.busy_threshold_mib)
+    opts = runner.RunOptions(
+        out_dir=out,
+        force=args.force,
+        only=args.only,
+        launcher=args.launcher,
+        gpus=gpus,
+        executor=executor,
+        executor_settings=settings,
+        allow_busy_gpu=args.allow_busy_gpu,
+        busy_threshold_mib=args.busy_threshold_mib,
+    )
     print(f"suite {suite.name!r}: {len(specs)} cells -> {out}", flush=True)
     try:
         summary = runner.run_specs(specs, opts, progress=lambda line: print(line, flush=True))
@@ -45,8 +58,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to run"
-    print(f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s "
-          f"-> {out / records.RESULTS}")
+    print(
+        f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s "
+        f"-> {out / records.RESULTS}"
+    )
     return summary.exit_code
 
 
@@ -77,9 +92,19 @@ def _show(args: argparse.Namespace) -> int:
     rows = []
     for rec in records.latest_by_run_id(read.records).values():
         m = rec.get("metrics", {})
-        rows.append([rec["run_id"], rec["status"], m.get("trainable_params"), m.get("tokens_per_s"),
-                     m.get("peak_nvml_mib"), m.get("checkpoint_bytes"), m.get("score_before"), m.get("score_after"),
-                     rec.get("duration_s")])
+        rows.append(
+            [
+                rec["run_id"],
+                rec["status"],
+                m.get("trainable_params"),
+                m.get("tokens_per_s"),
+                m.get("peak_nvml_mib"),
+                m.get("checkpoint_bytes"),
+                m.get("score_before"),
+                m.get("score_after"),
+                rec.get("duration_s"),
+            ]
+        )
     headers = ["run_id", "status", "trainable", "tok/s", "peak MiB", "ckpt bytes", "score0", "score", "wall s"]
     print(tabulate(rows, headers=headers, floatfmt=".3g", missingval="-"))
     return 0
@@ -115,12 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="list the cells and their count, run nothing")
     r.add_argument("--force", action="store_true", help="rerun finished cells too")
     r.add_argument("--only", action="append", default=[], metavar="PAT", help="cells whose run_id matches (glob)")
-    r.add_argument("--launcher", choices=["auto", "spawn", "fork-server"], default="auto",
-                   help="auto: fork-server without a GPU, spawn with one")
+    r.add_argument(
+        "--launcher",
+        choices=["auto", "spawn", "fork-server"],
+        default="auto",
+        help="auto: fork-server without a GPU, spawn with one",
+    )
     r.add_argument("--gpus", help="comma-separated GPU indices, one cell per GPU at a time (default: all visible)")
     r.add_argument("--allow-busy-gpu", action="store_true")
-    r.add_argument("--executor", choices=["local", "slurm", "submitit-local"],
-                   help="local (default): this machine; slurm: one submitit job per cell (suite `executor:` block)")
+    r.add_argument(
+        "--executor",
+        choices=["local", "slurm", "submitit-local"],
+        help="local (default): this machine; slurm: one submitit job per cell (suite `executor:` block)",
+    )
     r.add_argument("--partition")
     r.add_argument("--account")
     r.add_argument("--time-min", type=int, help="Slurm time limit per job (default: timeout_s + 10 min)")

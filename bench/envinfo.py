@@ -25,8 +25,9 @@ def package_versions() -> dict[str, str | None]:
 
 def git_sha() -> str | None:
     try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
         return res.stdout.strip() or None if res.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -47,9 +48,13 @@ def device_env(device: str) -> dict[str, Any]:
     """Facts only the child knows once torch is imported."""
     import torch
 
-    env: dict[str, Any] = {"device": device, "torch_threads": torch.get_num_threads(),
-                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                           "cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine()}
+    env: dict[str, Any] = {
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cuda": torch.version.cuda,
+        "cpu": platform.processor() or platform.machine(),
+    }
     if device == "cuda":
         env["gpu_name"] = torch.cuda.get_device_name()
         env["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
@@ -61,9 +66,21 @@ def device_env(device: str) -> dict[str, Any]:
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, matched on the NVML/torch name.
 BF16_PEAK_FLOPS = {
-    "H200": 989.4e12, "H100 SXM": 989.4e12, "H100 80GB HBM3": 989.4e12, "H100 NVL": 835e12, "H100 PCIe": 756e12,
-    "GH200": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "L40": 181.05e12, "L4": 121e12, "A10G": 70e12,
-    "A10": 125e12, "RTX 4090": 165.2e12, "RTX 3090": 71e12, "B200": 2250e12,
+    "H200": 989.4e12,
+    "H100 SXM": 989.4e12,
+    "H100 80GB HBM3": 989.4e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "GH200": 989.4e12,
+    "A100": 312e12,
+    "L40S": 362.05e12,
+    "L40": 181.05e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "RTX 4090": 165.2e12,
+    "RTX 3090": 71e12,
+    "B200": 2250e12,
 }
 
 

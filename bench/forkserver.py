@@ -1,6 +1,7 @@
 """Fork server: imports the heavy libraries once, then forks a fresh child per cell.
 
-Protocol (JSON lines): the runner writes {"run_dir": DIR, "env": {...}} to stdin; the server answers {"pid": P} at once and
+Protocol (JSON lines): the runner writes {"run_dir": DIR, "env": {...}} to stdin; the server answers
+{"pid": P} at once and
 {"exit": P, "code": C} when that child ends (C < 0: killed by signal -C). Each child starts a new session,
 sends its stdout/stderr to DIR's logs and runs bench.child.run_cell(DIR): the same file contract as spawn.
 Nothing initialises CUDA or starts a thread in the server before it forks.
@@ -15,9 +16,20 @@ import sys
 import threading
 from pathlib import Path
 
-PRELOAD = ("torch", "transformers", "accelerate", "peft", "transformers.models.llama.modeling_llama",
-           "transformers.models.bert.modeling_bert", "bench.child", "bench.train", "bench.models",
-           "bench.methods.peft_methods", "bench.methods.prompt_methods", "bench.tasks.synthetic")
+PRELOAD = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
+    "transformers.models.llama.modeling_llama",
+    "transformers.models.bert.modeling_bert",
+    "bench.child",
+    "bench.train",
+    "bench.models",
+    "bench.methods.peft_methods",
+    "bench.methods.prompt_methods",
+    "bench.tasks.synthetic",
+)
 
 
 def _child(run_dir: Path, env: dict[str, str]) -> None:

@@ -48,8 +48,14 @@ class SpawnedCell:
     def __init__(self, run_dir: Path, env: dict[str, str]):
         self.stdout = open(run_dir / "stdout.log", "wb")
         self.stderr = open(run_dir / "stderr.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.child", str(run_dir)], stdout=self.stdout,
-                                     stderr=self.stderr, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.child", str(run_dir)],
+            stdout=self.stdout,
+            stderr=self.stderr,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         self.pid = self.proc.pid
 
     def poll(self) -> int | None:
@@ -103,8 +109,14 @@ class ForkServerLauncher:
 
     def _start(self, env: dict[str, str]) -> None:
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.forkserver"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.forkserver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         msg = self.pids.get(timeout=300)
         if "ready" not in msg:

@@ -15,27 +15,59 @@ KINDS = ("causal_lm", "seq_cls")
 # Named configs: built with random weights from a seeded generator; dropout off so runs are exact.
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny-llama": dict(
-        model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        model_type="llama",
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
     ),
     "tiny-bert": dict(
-        model_type="bert", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=512, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, pad_token_id=0,
+        model_type="bert",
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
     ),
     # Llama-3.2-1B shape for GPU suites without hub access: memory and speed real, scores not meaningful.
     "llama-1b-shape": dict(
-        model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096, rope_theta=500000.0,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+        model_type="llama",
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
     ),
 }
 CONFIG_KINDS = {"tiny-llama": KINDS, "tiny-bert": ("seq_cls",), "llama-1b-shape": KINDS}
 CACHED = {"minilm-l6": assets.minilm_dir}
 NAMED = sorted([*CONFIGS, *CACHED])
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model",
-                   "vocab.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +106,9 @@ def auto_class(kind: str):
     return transformers.AutoModelForCausalLM if kind == "causal_lm" else transformers.AutoModelForSequenceClassification
 
 
-def load_model(name: str, kind: str, num_labels: int | None, seed: int, load_kwargs: dict[str, Any],
-               options: dict[str, Any]):
+def load_model(
+    name: str, kind: str, num_labels: int | None, seed: int, load_kwargs: dict[str, Any], options: dict[str, Any]
+):
     """Build or load the model and its tokenizer (None for named configs). `load_kwargs` carry dtype/quantization."""
     import torch
     import transformers

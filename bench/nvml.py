@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -183,8 +182,9 @@ class Sampler:
     def stop(self) -> NvmlPeaks:
         if self.backend is None:
             reason = self.reason or "NVML unavailable"
-            self.peaks.missing_reason = {k: reason for k in
-                                         ("peak_nvml_mib", "peak_nvml_process_mib", "baseline_nvml_mib", "energy_j")}
+            self.peaks.missing_reason = {
+                k: reason for k in ("peak_nvml_mib", "peak_nvml_process_mib", "baseline_nvml_mib", "energy_j")
+            }
             return self.peaks
         self._stop.set()
         if self._thread:

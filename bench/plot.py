@@ -10,13 +10,16 @@ from typing import Any
 import pandas as pd
 
 
-def pareto_front(points: list[tuple[float, float]], x_higher_better: bool) -> list[int]:
-    """Indices of points not dominated (score always higher-is-better), ordered by x."""
+def pareto_front(points: list[tuple[float, float]], x_higher_better: bool, y_higher_better: bool = True) -> list[int]:
+    """Indices of points no other point beats on both axes, ordered by x."""
     front = []
     for i, (x, y) in enumerate(points):
         dominated = any(
-            (x2 >= x if x_higher_better else x2 <= x) and y2 >= y and (x2, y2) != (x, y)
-            for j, (x2, y2) in enumerate(points) if j != i
+            (x2 >= x if x_higher_better else x2 <= x)
+            and (y2 >= y if y_higher_better else y2 <= y)
+            and (x2, y2) != (x, y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
         )
         if not dominated:
             front.append(i)
@@ -36,10 +39,16 @@ def _panels(df: pd.DataFrame) -> list[dict[str, Any]]:
         sub = ok[ok[x].notna() & ok["score_after"].notna()]
         labels = [f"{r.method_label} {r.precision} ga{r.grad_accum}" for r in sub.itertuples()]
         pts = list(zip(sub[x].astype(float), sub["score_after"].astype(float)))
-        front = pareto_front(pts, higher)
-        panels.append({"x": x, "x_label": x_label, "y": "score_after",
-                       "points": [{"label": lbl, "x": px, "y": py} for lbl, (px, py) in zip(labels, pts)],
-                       "front": [labels[i] for i in front]})
+        front = pareto_front(pts, higher, bool(sub["higher_is_better"].iloc[0]) if len(sub) else True)
+        panels.append(
+            {
+                "x": x,
+                "x_label": x_label,
+                "y": "score_after",
+                "points": [{"label": lbl, "x": px, "y": py} for lbl, (px, py) in zip(labels, pts)],
+                "front": [labels[i] for i in front],
+            }
+        )
     return panels
 
 

@@ -34,8 +34,10 @@ def plan_precision(name: str, device: str) -> PrecisionPlan:
         return PrecisionPlan(name, "no", None, False)
     if name == "fp16":
         if device != "cuda":
-            raise Unsupported("fp16 mixed precision needs CUDA: accelerate runs fp16 autocast and gradient "
-                              "scaling only on GPU, on CPU it would silently train in fp32")
+            raise Unsupported(
+                "fp16 mixed precision needs CUDA: accelerate runs fp16 autocast and gradient "
+                "scaling only on GPU, on CPU it would silently train in fp32"
+            )
         return PrecisionPlan(name, "fp16", "float16", False)
     if name == "bf16":
         if device == "cuda":
@@ -62,8 +64,13 @@ def load_kwargs(plan: PrecisionPlan, device: str, model_kind: str) -> dict[str, 
 
     skip = ["classifier", "score", "pre_classifier", "lm_head"] if model_kind == "seq_cls" else ["lm_head"]
     if plan.name == "nf4":
-        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
+        qc = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=skip,
+        )
     else:
         qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return {"quantization_config": qc, "dtype": torch.float32, "device_map": {"": 0 if device == "cuda" else "cpu"}}
@@ -97,7 +104,9 @@ def dtype_report(model: Any, plan: PrecisionPlan) -> dict[str, Any]:
         (trainable if p.requires_grad else frozen)[str(p.dtype).replace("torch.", "")] += p.numel()
     quant = None
     if plan.quantized:
-        quant = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")})
+        quant = sorted(
+            {type(m).__name__ for m in model.modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")}
+        )
     return {
         "base_weight_dtype": frozen.most_common(1)[0][0] if frozen else None,
         "base_weight_dtypes": dict(frozen),

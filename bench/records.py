@@ -92,8 +92,10 @@ class OutDirLock:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()
-            raise LockHeld(f"{self.path.parent} is in use by another peft-bench runner (PID {holder}); "
-                           "wait for it or use another --out") from None
+            raise LockHeld(
+                f"{self.path.parent} is in use by another peft-bench runner (PID {holder}); "
+                "wait for it or use another --out"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))

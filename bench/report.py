@@ -3,41 +3,76 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 from bench.records import latest_by_run_id, read_records
 
-KEYS = ["run_id", "suite", "model", "task", "method", "method_label", "precision", "grad_accum", "batch_size",
-        "steps", "status", "error"]
-METRICS = ["trainable_params", "total_params", "trainable_pct", "peak_nvml_mib", "peak_nvml_process_mib",
-           "torch_peak_allocated_mib", "torch_peak_reserved_mib", "peak_rss_mib", "tokens_per_s", "samples_per_s",
-           "step_time_p50_s", "step_time_p90_s", "checkpoint_bytes", "score_before", "score_after",
-           "majority_baseline_after", "forgetting_delta", "energy_j", "final_loss"]
-TIMINGS = ["time_spawn_s", "time_import_s", "time_model_load_s", "time_method_apply_s", "time_train_s",
-           "time_eval_s", "time_save_s", "duration_s"]
+METRICS = [
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "peak_nvml_mib",
+    "peak_nvml_process_mib",
+    "torch_peak_allocated_mib",
+    "torch_peak_reserved_mib",
+    "peak_rss_mib",
+    "tokens_per_s",
+    "samples_per_s",
+    "step_time_p50_s",
+    "step_time_p90_s",
+    "checkpoint_bytes",
+    "score_before",
+    "score_after",
+    "majority_baseline_after",
+    "forgetting_delta",
+    "energy_j",
+    "final_loss",
+]
+TIMINGS = [
+    "time_spawn_s",
+    "time_import_s",
+    "time_model_load_s",
+    "time_method_apply_s",
+    "time_train_s",
+    "time_eval_s",
+    "time_save_s",
+    "duration_s",
+]
 ENV = ["device", "gpu_name", "gpu_driver", "cuda", "python", "torch", "transformers", "peft", "git_sha", "hostname"]
-HIGHER_IS_BETTER = {"tokens_per_s": True, "samples_per_s": True, "score_after": True, "peak_nvml_mib": False,
-                    "checkpoint_bytes": False, "trainable_params": False, "step_time_p50_s": False}
 
 
 def flatten(rec: dict[str, Any]) -> dict[str, Any]:
     spec, m, env = rec.get("spec", {}), rec.get("metrics", {}), rec.get("env", {})
     packages = env.get("packages", {})
     row = {
-        "run_id": rec["run_id"], "suite": spec.get("suite"), "model": spec.get("model"), "task": spec.get("task"),
-        "method": spec.get("method"), "method_label": spec.get("method_label") or spec.get("method"),
-        "precision": spec.get("precision"), "grad_accum": spec.get("grad_accum"),
-        "batch_size": spec.get("batch_size"), "steps": spec.get("steps"), "status": rec.get("status"),
+        "run_id": rec["run_id"],
+        "suite": spec.get("suite"),
+        "model": spec.get("model"),
+        "task": spec.get("task"),
+        "method": spec.get("method"),
+        "method_label": spec.get("method_label") or spec.get("method"),
+        "precision": spec.get("precision"),
+        "grad_accum": spec.get("grad_accum"),
+        "batch_size": spec.get("batch_size"),
+        "steps": spec.get("steps"),
+        "status": rec.get("status"),
         "error": (rec.get("error") or {}).get("message"),
     }
     row.update({k: m.get(k) for k in METRICS})
     row.update({k: (rec.get("timings") or {}).get(k) for k in TIMINGS})
-    row.update({"metric": (rec.get("task_info") or {}).get("metric"),
-                "synthetic": (rec.get("task_info") or {}).get("synthetic"),
-                "started_at": rec.get("started_at"), "suite_hash": spec.get("suite_hash")})
+    row.update(
+        {
+            "metric": (rec.get("task_info") or {}).get("metric"),
+            "synthetic": (rec.get("task_info") or {}).get("synthetic"),
+            "higher_is_better": (rec.get("task_info") or {}).get("higher_is_better", True),
+            "started_at": rec.get("started_at"),
+            "suite_hash": spec.get("suite_hash"),
+        }
+    )
     row.update({k: env.get(k) if k not in ("torch", "transformers", "peft") else packages.get(k) for k in ENV})
     if row["gpu_name"] is None:
         row["gpu_name"] = env.get("nvml_gpu_name")
@@ -50,8 +85,21 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(flatten({"run_id": ""}).keys()))
 
 
-TEXT_COLUMNS = ["run_id", "suite", "model", "task", "method", "method_label", "precision", "status", "error", "metric",
-                "started_at", "suite_hash", *ENV]
+TEXT_COLUMNS = [
+    "run_id",
+    "suite",
+    "model",
+    "task",
+    "method",
+    "method_label",
+    "precision",
+    "status",
+    "error",
+    "metric",
+    "started_at",
+    "suite_hash",
+    *ENV,
+]
 
 
 def read_export(path: str | Path) -> pd.DataFrame:
@@ -151,7 +199,9 @@ def group_table(df: pd.DataFrame) -> str:
     vary = [c for c in ("precision", "grad_accum") if df[c].nunique() > 1]
     has_ratio = df["speed_x"].notna().any() or df["score_delta"].notna().any()
     headers = ["method", *[{"grad_accum": "grad accum"}.get(c, c) for c in vary], "status", "trainable (% of total)"]
-    headers += [f"peak GPU MiB ({'NVML' if mem == 'peak_nvml_mib' else 'torch alloc'})" if mem else "peak RSS MiB (CPU)"]
+    headers += [
+        f"peak GPU MiB ({'NVML' if mem == 'peak_nvml_mib' else 'torch alloc'})" if mem else "peak RSS MiB (CPU)"
+    ]
     headers += ["tokens/s", "step p50 s", "checkpoint", "score before → after"]
     if has_ratio:
         headers += ["mem × full" if mem else None, "speed × full", "ckpt × full", "Δ score vs full"]
@@ -159,8 +209,7 @@ def group_table(df: pd.DataFrame) -> str:
     rows = []
     for _, r in df.iterrows():
         pct = r["trainable_pct"]
-        trainable = "-" if pd.isna(r["trainable_params"]) else \
-            f"{int(r['trainable_params']):,} ({fmt_num(pct)}%)"
+        trainable = "-" if pd.isna(r["trainable_params"]) else f"{int(r['trainable_params']):,} ({fmt_num(pct)}%)"
         memory = r[mem] if mem else r["peak_rss_mib"]
         if mem == "peak_nvml_mib" and pd.notna(r["torch_peak_allocated_mib"]):
             mem_text = f"{fmt_num(memory)} ({fmt_num(r['torch_peak_allocated_mib'])})"
@@ -171,10 +220,17 @@ def group_table(df: pd.DataFrame) -> str:
             mem_text = f"{mem_text} at OOM"
         elif r["status"] != "success":
             mem_text = "—"
-        row = [escape(r["method_label"]), *[escape(r[c]) for c in vary], status,
-               _cell(r, trainable), mem_text, _cell(r, fmt_num(r["tokens_per_s"])),
-               _cell(r, fmt_num(r["step_time_p50_s"])), _cell(r, fmt_bytes(r["checkpoint_bytes"])),
-               _cell(r, f"{fmt_num(r['score_before'])} → {fmt_num(r['score_after'])}")]
+        row = [
+            escape(r["method_label"]),
+            *[escape(r[c]) for c in vary],
+            status,
+            _cell(r, trainable),
+            mem_text,
+            _cell(r, fmt_num(r["tokens_per_s"])),
+            _cell(r, fmt_num(r["step_time_p50_s"])),
+            _cell(r, fmt_bytes(r["checkpoint_bytes"])),
+            _cell(r, f"{fmt_num(r['score_before'])} → {fmt_num(r['score_after'])}"),
+        ]
         if has_ratio:
             if mem:
                 row.append(fmt_ratio(r["mem_x"]))
@@ -210,7 +266,8 @@ FOOTNOTES = [
     "checkpoint: bytes on disk of what the method saves (adapter weights only for PEFT methods).",
     "score: the task's headline metric on the same held-out split before and after training.",
     "× full / Δ: against the `full` cell with the same model, task, precision and grad accum (when the suite has one).",
-    "cells that did not succeed show their status (oom / timeout / unsupported / failed / canceled) instead of numbers.",
+    "cells that did not succeed show their status (oom / timeout / unsupported / failed / canceled) "
+    "instead of numbers.",
 ]
 
 
@@ -223,8 +280,11 @@ def to_markdown(df: pd.DataFrame, group_by: tuple[str, ...] = ("model", "task"),
         key = key if isinstance(key, tuple) else (key,)
         heading = " · ".join(f"{g} `{escape(k)}`" for g, k in zip(group_by, key))
         metric = next((m for m in group["metric"] if isinstance(m, str)), "score")
-        synth = " (synthetic task: shows that training moves the score, not language quality)" \
-            if group["synthetic"].eq(True).any() else ""
+        synth = (
+            " (synthetic task: shows that training moves the score, not language quality)"
+            if group["synthetic"].eq(True).any()
+            else ""
+        )
         baseline = group["majority_baseline_after"].dropna()
         base_text = f"; majority-class baseline {fmt_num(baseline.iloc[0])}" if len(baseline) else ""
         out += [f"## {heading}", "", f"score: {metric}{base_text}{synth}", "", group_table(group), ""]

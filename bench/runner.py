@@ -9,10 +9,11 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import nvml, records
 from bench.envinfo import base_env
@@ -113,9 +114,12 @@ def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], 
             for gpu in slots:
                 busy = nvml.busy_processes(backend, gpu, opts.busy_threshold_mib, {os.getpid()})
                 if busy:
-                    raise BusyGpu(f"GPU {gpu} is busy (> {opts.busy_threshold_mib:.0f} MiB used by other "
-                                  f"processes); measurements would be untrustworthy. Processes:\n  "
-                                  + "\n  ".join(busy) + "\nUse --allow-busy-gpu to run anyway.")
+                    raise BusyGpu(
+                        f"GPU {gpu} is busy (> {opts.busy_threshold_mib:.0f} MiB used by other "
+                        f"processes); measurements would be untrustworthy. Processes:\n  "
+                        + "\n  ".join(busy)
+                        + "\nUse --allow-busy-gpu to run anyway."
+                    )
         launcher_name = resolve_launcher(opts.launcher, backend is not None)
         launchers = {slot: make_launcher(launcher_name) for slot in slots}
         env_parent = base_env()
@@ -133,8 +137,11 @@ def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], 
             summary.ran += 1
             summary.counts[rec["status"]] = summary.counts.get(rec["status"], 0) + 1
             per_cell = (time.perf_counter() - t_cells) / summary.ran
-            progress(progress_line(summary.ran, len(todo), rec, rec["duration_s"] or 0.0,
-                                   per_cell * (len(todo) - summary.ran)))
+            progress(
+                progress_line(
+                    summary.ran, len(todo), rec, rec["duration_s"] or 0.0, per_cell * (len(todo) - summary.ran)
+                )
+            )
             if rec["status"] == "canceled" and not summary.canceled:
                 summary.canceled = True
                 progress("canceled: stopped after recording the running cell(s); rerun to resume")
@@ -147,9 +154,16 @@ def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], 
                     from bench import slurm
 
                     progress(f"submitting {len(todo)} jobs with submitit ({opts.executor}); logs in {out / 'slurm'}")
-                    slurm.run_jobs(todo, out, opts.executor, opts.executor_settings, opts.nvml_interval_s,
-                                   lambda rec: done(rec, None), cancel,
-                                   lambda spec, status, msg: job_failure_record(spec, out, status, msg))
+                    slurm.run_jobs(
+                        todo,
+                        out,
+                        opts.executor,
+                        opts.executor_settings,
+                        opts.nvml_interval_s,
+                        lambda rec: done(rec, None),
+                        cancel,
+                        lambda spec, status, msg: job_failure_record(spec, out, status, msg),
+                    )
         finally:
             for launcher in launchers.values():
                 launcher.close()
@@ -180,13 +194,22 @@ def gpu_slots(gpus: list[int] | None, backend: Any) -> list[int | None]:
     return [None]
 
 
-def run_one(spec: RunSpec, out: Path, launcher: Any, backend: Any, reason: str | None, opts: RunOptions,
-            cancel: _Cancel, env_parent: dict[str, Any], gpu: int | None) -> dict[str, Any]:
+def run_one(
+    spec: RunSpec,
+    out: Path,
+    launcher: Any,
+    backend: Any,
+    reason: str | None,
+    opts: RunOptions,
+    cancel: _Cancel,
+    env_parent: dict[str, Any],
+    gpu: int | None,
+) -> dict[str, Any]:
     run_dir = out / "runs" / spec.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     attempt = _archive_previous_attempt(run_dir)
     (run_dir / "spec.json").write_text(spec.to_json())
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     (run_dir / "launch.json").write_text(json.dumps({"launch_time": time.time()}))
     env = dict(os.environ)
@@ -209,8 +232,7 @@ def run_one(spec: RunSpec, out: Path, launcher: Any, backend: Any, reason: str |
         time.sleep(0.01)
     peaks = sampler.stop()
     duration = time.perf_counter() - t0
-    rec = build_record(spec, run_dir, attempt, rc, outcome, peaks, started_at, duration, env_parent,
-                       launcher.name, gpu)
+    rec = build_record(spec, run_dir, attempt, rc, outcome, peaks, started_at, duration, env_parent, launcher.name, gpu)
     if backend is not None and gpu is not None:
         rec["env"]["nvml_gpu_name"] = backend.name(gpu)
     rec.update(started_unix=started_unix, ended_unix=time.time())
@@ -220,10 +242,19 @@ def run_one(spec: RunSpec, out: Path, launcher: Any, backend: Any, reason: str |
 def job_failure_record(spec: RunSpec, out: Path, status: str, message: str) -> dict[str, Any]:
     """A record for a cell whose job never produced one (canceled before it ran, or the job died)."""
     return {
-        "run_id": spec.run_id, "attempt": None, "status": status, "spec": json.loads(spec.to_json()),
-        "error": {"type": status, "message": message}, "metrics": {}, "missing_reason": {}, "timings": {},
-        "env": base_env(), "run_dir": str(out / "runs" / spec.run_id), "runner_pid": os.getpid(),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": None,
+        "run_id": spec.run_id,
+        "attempt": None,
+        "status": status,
+        "spec": json.loads(spec.to_json()),
+        "error": {"type": status, "message": message},
+        "metrics": {},
+        "missing_reason": {},
+        "timings": {},
+        "env": base_env(),
+        "run_dir": str(out / "runs" / spec.run_id),
+        "runner_pid": os.getpid(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": None,
     }
 
 
@@ -235,9 +266,19 @@ def stderr_tail(run_dir: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip("\n").split("\n")[-lines:])
 
 
-def build_record(spec: RunSpec, run_dir: Path, attempt: int, rc: int | None, outcome: str | None,
-                 peaks: nvml.NvmlPeaks, started_at: str, duration: float, env_parent: dict[str, Any],
-                 launcher: str, gpu_index: int | None) -> dict[str, Any]:
+def build_record(
+    spec: RunSpec,
+    run_dir: Path,
+    attempt: int,
+    rc: int | None,
+    outcome: str | None,
+    peaks: nvml.NvmlPeaks,
+    started_at: str,
+    duration: float,
+    env_parent: dict[str, Any],
+    launcher: str,
+    gpu_index: int | None,
+) -> dict[str, Any]:
     """Merge the child's result.json (if any) with the parent's view: exit, NVML peaks, stderr tail."""
     try:
         child = json.loads((run_dir / "result.json").read_text())
@@ -247,8 +288,11 @@ def build_record(spec: RunSpec, run_dir: Path, attempt: int, rc: int | None, out
     error = child.get("error")
     if outcome:
         status = outcome
-        error = {"type": outcome, "message": f"cell {outcome}" + (f" after {spec.timeout_s:g} s" if outcome ==
-                                                                    "timeout" else " by a signal to the runner")}
+        error = {
+            "type": outcome,
+            "message": f"cell {outcome}"
+            + (f" after {spec.timeout_s:g} s" if outcome == "timeout" else " by a signal to the runner"),
+        }
     elif child.get("status"):
         status = child["status"]
     else:
@@ -276,14 +320,28 @@ def build_record(spec: RunSpec, run_dir: Path, attempt: int, rc: int | None, out
     timings = dict(child.get("timings", {}))
     timings["duration_s"] = duration
     return {
-        "run_id": spec.run_id, "attempt": attempt, "status": status, "spec": json.loads(spec.to_json()),
-        "error": error, "metrics": metrics, "missing_reason": missing, "timings": timings,
-        "env": {**env_parent, **child.get("env", {})}, "dtypes": child.get("dtypes"),
-        "task_info": child.get("task_info"), "model_info": child.get("model_info"),
-        "loss_curve": child.get("loss_curve"), "heavy_modules_loaded": child.get("heavy_modules_loaded"),
-        "child_pid": child.get("child_pid"), "runner_pid": os.getpid(),
-        "launcher": launcher, "gpu_index": gpu_index, "exit_code": rc, "run_dir": str(run_dir),
-        "started_at": started_at, "duration_s": duration,
+        "run_id": spec.run_id,
+        "attempt": attempt,
+        "status": status,
+        "spec": json.loads(spec.to_json()),
+        "error": error,
+        "metrics": metrics,
+        "missing_reason": missing,
+        "timings": timings,
+        "env": {**env_parent, **child.get("env", {})},
+        "dtypes": child.get("dtypes"),
+        "task_info": child.get("task_info"),
+        "model_info": child.get("model_info"),
+        "loss_curve": child.get("loss_curve"),
+        "heavy_modules_loaded": child.get("heavy_modules_loaded"),
+        "child_pid": child.get("child_pid"),
+        "runner_pid": os.getpid(),
+        "launcher": launcher,
+        "gpu_index": gpu_index,
+        "exit_code": rc,
+        "run_dir": str(run_dir),
+        "started_at": started_at,
+        "duration_s": duration,
     }
 
 
@@ -295,9 +353,11 @@ def progress_line(i: int, n: int, rec: dict[str, Any], cell_s: float, eta_s: flo
     m = rec["metrics"]
     parts = [f"[{i}/{n}]", rec["run_id"], rec["status"]]
     if rec["status"] == "success":
-        parts += [f"{_fmt(m.get('tokens_per_s'), ',.0f')} tok/s",
-                  f"score {_fmt(m.get('score_before'), '.3f')}->{_fmt(m.get('score_after'), '.3f')}",
-                  f"trainable {_fmt(m.get('trainable_params'), ',')}"]
+        parts += [
+            f"{_fmt(m.get('tokens_per_s'), ',.0f')} tok/s",
+            f"score {_fmt(m.get('score_before'), '.3f')}->{_fmt(m.get('score_after'), '.3f')}",
+            f"trainable {_fmt(m.get('trainable_params'), ',')}",
+        ]
         if m.get("peak_nvml_mib") is not None:
             parts.append(f"peak {m['peak_nvml_mib']:,.0f} MiB")
     elif rec.get("error"):

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
-def execute(items: Sequence[Any], slots: Sequence[Any], run: Callable[[Any, Any], Any],
-            on_done: Callable[[Any, Any], None], should_stop: Callable[[], bool]) -> None:
+def execute(
+    items: Sequence[Any],
+    slots: Sequence[Any],
+    run: Callable[[Any, Any], Any],
+    on_done: Callable[[Any, Any], None],
+    should_stop: Callable[[], bool],
+) -> None:
     """run(item, slot) in one worker thread per slot; on_done(result, slot) is called under a lock."""
     todo: queue.Queue = queue.Queue()
     for item in items:

@@ -37,9 +37,15 @@ def bare_loop(spec: RunSpec) -> dict[str, Any]:
     task = registry.load("task", spec.task)
     task = task(task.config_cls(**spec.task_options), spec.seq_len, spec.seed)
     task.load(None, model.config)
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec.method_options.get("r", 8),
-                                             lora_alpha=spec.method_options.get("alpha", 16),
-                                             target_modules="all-linear"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type="CAUSAL_LM",
+            r=spec.method_options.get("r", 8),
+            lora_alpha=spec.method_options.get("alpha", 16),
+            target_modules="all-linear",
+        ),
+    )
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
     if half is not None:
         for p in model.parameters():
@@ -51,15 +57,17 @@ def bare_loop(spec: RunSpec) -> dict[str, Any]:
     tokens, elapsed = 0, 0.0
     model.train()
     for step in range(spec.steps):
-        batch = {k: v.to(device) for k, v in task.collate(next(batches)).items()}
+        batch = task.collate(next(batches))
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in batch.items()}  # the transfer is part of a step, as in the harness
         with torch.autocast(device, dtype=half or torch.float32, enabled=half is not None):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                 labels[:, 1:].reshape(-1), ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -84,16 +92,31 @@ def _process_nvml_mib() -> float:
 
 
 def selfcheck_spec(model: str, precision: str, steps: int) -> RunSpec:
-    return RunSpec(suite="selfcheck", model=model, task="random-lm", method="lora", precision=precision, grad_accum=1,
-                   batch_size=8, steps=steps, warmup_steps=max(1, steps // 5), seq_len=512 if "1b" in model else 64,
-                   lr=1e-4, seed=0, timeout_s=600, task_options={"n_train": 256, "n_eval": 8},
-                   method_options={"r": 16, "alpha": 32}, save_checkpoint=False)
+    return RunSpec(
+        suite="selfcheck",
+        model=model,
+        task="random-lm",
+        method="lora",
+        precision=precision,
+        grad_accum=1,
+        batch_size=8,
+        steps=steps,
+        warmup_steps=max(1, steps // 5),
+        seq_len=512 if "1b" in model else 64,
+        lr=1e-4,
+        seed=0,
+        timeout_s=600,
+        task_options={"n_train": 256, "n_eval": 8},
+        method_options={"r": 16, "alpha": 32},
+        save_checkpoint=False,
+    )
 
 
 def run_bare(spec: RunSpec) -> dict[str, Any]:
     """The bare loop in a fresh process, so its memory figures are its own."""
-    res = subprocess.run([sys.executable, "-m", "bench.selfcheck", spec.to_json()], capture_output=True, text=True,
-                         check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.selfcheck", spec.to_json()], capture_output=True, text=True, check=True
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -112,14 +135,24 @@ def selfcheck(out: Path, model: str, precision: str, steps: int, rounds: int) ->
         recs.append(rec)
         harness.append(rec["metrics"]["tokens_per_s"])
     ratios = [h / b["tokens_per_s"] for h, b in zip(harness, bare)]
-    result: dict[str, Any] = {"model": model, "precision": precision, "device": bare[0]["device"],
-                              "bare_tokens_per_s": [b["tokens_per_s"] for b in bare], "harness_tokens_per_s": harness,
-                              "ratio_median": statistics.median(ratios), "ratio_target": 0.98}
+    result: dict[str, Any] = {
+        "model": model,
+        "precision": precision,
+        "device": bare[0]["device"],
+        "bare_tokens_per_s": [b["tokens_per_s"] for b in bare],
+        "harness_tokens_per_s": harness,
+        "ratio_median": statistics.median(ratios),
+        "ratio_target": 0.98,
+    }
     peak = recs[-1]["metrics"].get("peak_nvml_process_mib")
     if bare[0].get("torch_peak_reserved_mib") is not None and peak:
         independent = bare[-1]["torch_peak_reserved_mib"] + bare[-1]["context_mib"]
-        result.update(nvml_peak_mib=peak, reserved_plus_context_mib=independent,
-                      nvml_diff_pct=100 * (peak - independent) / independent, nvml_target_pct=2.0)
+        result.update(
+            nvml_peak_mib=peak,
+            reserved_plus_context_mib=independent,
+            nvml_diff_pct=100 * (peak - independent) / independent,
+            nvml_target_pct=2.0,
+        )
     else:
         result["nvml_diff_pct"] = None
         result["nvml_missing_reason"] = recs[-1]["missing_reason"].get("peak_nvml_process_mib", "no GPU")

@@ -10,12 +10,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 EXECUTORS = ("local", "slurm", "submitit-local")
-SETTINGS = {"partition": str, "account": str, "gpus_per_job": int, "time_min": int, "cpus_per_task": int,
-            "mem_gb": int, "qos": str, "constraint": str}
+SETTINGS = {
+    "partition": str,
+    "account": str,
+    "gpus_per_job": int,
+    "time_min": int,
+    "cpus_per_task": int,
+    "mem_gb": int,
+    "qos": str,
+    "constraint": str,
+}
 
 
 class _Never:
@@ -53,18 +62,36 @@ def make_executor(kind: str, folder: Path, settings: dict[str, Any], max_timeout
         ex.update_parameters(timeout_min=time_min)
         return ex
     ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-    params: dict[str, Any] = {"timeout_min": time_min, "gpus_per_node": settings.get("gpus_per_job", 1),
-                              "tasks_per_node": 1, "nodes": 1}
-    for key, name in (("partition", "slurm_partition"), ("account", "slurm_account"), ("qos", "slurm_qos"),
-                      ("constraint", "slurm_constraint"), ("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb")):
+    params: dict[str, Any] = {
+        "timeout_min": time_min,
+        "gpus_per_node": settings.get("gpus_per_job", 1),
+        "tasks_per_node": 1,
+        "nodes": 1,
+    }
+    for key, name in (
+        ("partition", "slurm_partition"),
+        ("account", "slurm_account"),
+        ("qos", "slurm_qos"),
+        ("constraint", "slurm_constraint"),
+        ("cpus_per_task", "cpus_per_task"),
+        ("mem_gb", "mem_gb"),
+    ):
         if settings.get(key) is not None:
             params[name] = settings[key]
     ex.update_parameters(**params)
     return ex
 
 
-def run_jobs(todo: list[Any], out: Path, kind: str, settings: dict[str, Any], nvml_interval_s: float,
-             on_done: Callable[[dict[str, Any]], None], cancel: Any, failed_record: Callable[..., dict]) -> None:
+def run_jobs(
+    todo: list[Any],
+    out: Path,
+    kind: str,
+    settings: dict[str, Any],
+    nvml_interval_s: float,
+    on_done: Callable[[dict[str, Any]], None],
+    cancel: Any,
+    failed_record: Callable[..., dict],
+) -> None:
     """Submit one job per spec, then collect records as jobs finish (cancel: scancel what is pending)."""
     ex = make_executor(kind, out / "slurm", settings, max((s.timeout_s for s in todo), default=0))
     jobs = {ex.submit(run_cell_job, spec.to_json(), str(out), nvml_interval_s): spec for spec in todo}
@@ -80,6 +107,11 @@ def run_jobs(todo: list[Any], out: Path, kind: str, settings: dict[str, Any], nv
             try:
                 on_done(json.loads(job.result()))
             except Exception as exc:  # the job itself died (node failure, Slurm time limit, ...)
-                on_done(failed_record(spec, "failed", f"job {job.job_id} did not return a record: "
-                                                      f"{type(exc).__name__}: {str(exc)[-1500:]}"))
+                on_done(
+                    failed_record(
+                        spec,
+                        "failed",
+                        f"job {job.job_id} did not return a record: {type(exc).__name__}: {str(exc)[-1500:]}",
+                    )
+                )
         time.sleep(0.2)

@@ -20,9 +20,16 @@ from bench.spec import AXES, PRECISIONS, RunSpec, method_label
 TOP_KEYS = ("name", "description", "defaults", "matrix", "exclude", "include", "executor")
 # defaults: key -> (type, default); axes may also be fixed here.
 DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "steps": (int, 20), "warmup_steps": (int, 2), "batch_size": (int, 8), "seq_len": (int, 64),
-    "lr": (float, 1e-3), "seed": (int, 0), "timeout_s": (float, 1800.0), "device": (str, "auto"),
-    "eval_batch_size": (int, 32), "save_checkpoint": (bool, True),
+    "steps": (int, 20),
+    "warmup_steps": (int, 2),
+    "batch_size": (int, 8),
+    "seq_len": (int, 64),
+    "lr": (float, 1e-3),
+    "seed": (int, 0),
+    "timeout_s": (float, 1800.0),
+    "device": (str, "auto"),
+    "eval_batch_size": (int, 32),
+    "save_checkpoint": (bool, True),
 }
 DEVICES = ("auto", "cpu", "cuda")
 # Training keys an axis entry may set for its own cells; precedence: method > task > model > defaults.
@@ -93,7 +100,9 @@ def parse_suite(data: Any, where: str, overrides: list[str]) -> Suite:
         if axis not in axes:
             problems.append(f"{where}: matrix.{axis}: missing; give the axis in matrix or fix it in defaults")
     for axis, values in axes.items():
-        axes[axis] = [_check_axis_entry(axis, v, f"{where}: matrix.{axis}[{i}]", problems) for i, v in enumerate(values)]
+        axes[axis] = [
+            _check_axis_entry(axis, v, f"{where}: matrix.{axis}[{i}]", problems) for i, v in enumerate(values)
+        ]
     executor = _mapping(data.get("executor"), f"{where}: executor", problems)
     from bench.slurm import EXECUTORS, SETTINGS
 
@@ -137,8 +146,9 @@ def _check_default(key: str, value: Any, where: str, problems: list[str], out: d
         out[key] = float(value) if typ is float else value
 
 
-def _apply_overrides(overrides: list[str], defaults: dict[str, Any], axes: dict[str, list[Any]],
-                     problems: list[str]) -> None:
+def _apply_overrides(
+    overrides: list[str], defaults: dict[str, Any], axes: dict[str, list[Any]], problems: list[str]
+) -> None:
     """key=value from the CLI, parsed as YAML scalars and type-checked like the suite's own defaults."""
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -184,8 +194,9 @@ def _check_axis_entry(axis: str, value: Any, where: str, problems: list[str]) ->
         problems.extend(errs)
         return entry
     if axis == "precision" and value not in PRECISIONS:
-        problems.append(f"{where}: unknown precision {value!r}{suggest(str(value), PRECISIONS)}; "
-                        f"valid: {', '.join(PRECISIONS)}")
+        problems.append(
+            f"{where}: unknown precision {value!r}{suggest(str(value), PRECISIONS)}; valid: {', '.join(PRECISIONS)}"
+        )
     if axis == "grad_accum" and (err := _type_error(value, int) or (None if value >= 1 else "must be >= 1")):
         problems.append(f"{where}: {err}")
     return value
@@ -238,8 +249,16 @@ def expand(suite: Suite) -> list[RunSpec]:
     cells = [c for c in cells if not any(_matches(r, c) for r in suite.exclude)]
     for i, rule in enumerate(suite.include):
         problems: list[str] = []
-        cell = {a: (_check_axis_entry(a, rule[a], f"{suite.path}: include[{i}].{a}", problems) if a in rule
-                    else suite.axes[a][0] if len(suite.axes[a]) == 1 else None) for a in AXES}
+        cell = {
+            a: (
+                _check_axis_entry(a, rule[a], f"{suite.path}: include[{i}].{a}", problems)
+                if a in rule
+                else suite.axes[a][0]
+                if len(suite.axes[a]) == 1
+                else None
+            )
+            for a in AXES
+        }
         unset = [a for a, v in cell.items() if v is None]
         if unset:
             problems.append(f"{suite.path}: include[{i}]: give {', '.join(unset)} (the matrix has several values)")
@@ -266,12 +285,18 @@ def _to_spec(suite: Suite, cell: dict[str, Any]) -> RunSpec:
     for entry in (model, task, method):
         training.update(_entry_overrides(entry))
     return RunSpec(
-        suite=suite.name, model=model["name"], task=task["name"], method=method["name"],
-        precision=cell["precision"], grad_accum=cell["grad_accum"],
-        model_options=_plugin_options(model), task_options=_plugin_options(task),
+        suite=suite.name,
+        model=model["name"],
+        task=task["name"],
+        method=method["name"],
+        precision=cell["precision"],
+        grad_accum=cell["grad_accum"],
+        model_options=_plugin_options(model),
+        task_options=_plugin_options(task),
         method_options=_plugin_options(method),
         method_label=method.get("label") or method_label(method["name"], _plugin_options(method)),
-        suite_hash=suite.content_hash, **training,
+        suite_hash=suite.content_hash,
+        **training,
     )
 
 
@@ -279,24 +304,29 @@ def _combination_problems(where: str, spec: RunSpec) -> list[str]:
     out = []
     label = spec.run_id
     if spec.batch_size % spec.grad_accum:
-        out.append(f"{where}: {label}: batch_size {spec.batch_size} is not divisible by grad_accum "
-                   f"{spec.grad_accum} (the effective batch is split into equal micro-batches)")
+        out.append(
+            f"{where}: {label}: batch_size {spec.batch_size} is not divisible by grad_accum "
+            f"{spec.grad_accum} (the effective batch is split into equal micro-batches)"
+        )
     if spec.warmup_steps >= spec.steps:
-        out.append(f"{where}: {label}: warmup_steps {spec.warmup_steps} must be < steps {spec.steps} "
-                   "(no step would be timed)")
+        out.append(
+            f"{where}: {label}: warmup_steps {spec.warmup_steps} must be < steps {spec.steps} (no step would be timed)"
+        )
     method = registry.load("method", spec.method)
     if method.required_precisions and spec.precision not in method.required_precisions:
-        out.append(f"{where}: {label}: method {spec.method!r} needs precision "
-                   f"{' or '.join(method.required_precisions)}; exclude the other precisions for it")
+        out.append(
+            f"{where}: {label}: method {spec.method!r} needs precision "
+            f"{' or '.join(method.required_precisions)}; exclude the other precisions for it"
+        )
     if spec.precision in QUANTIZED and not method.quantized_base_ok:
-        out.append(f"{where}: {label}: method {spec.method!r} cannot train a {spec.precision}-quantized base "
-                   f"(its weights are frozen int storage); exclude {{method: {spec.method}, precision: "
-                   f"{spec.precision}}}")
+        out.append(
+            f"{where}: {label}: method {spec.method!r} cannot train a {spec.precision}-quantized base "
+            f"(its weights are frozen int storage); exclude {{method: {spec.method}, precision: "
+            f"{spec.precision}}}"
+        )
     task = registry.load("task", spec.task)
     if task.model_kind not in models.supported_kinds(spec.model):
-        out.append(f"{where}: {label}: model {spec.model!r} cannot be built for {task.model_kind} "
-                   f"(task {spec.task!r})")
+        out.append(f"{where}: {label}: model {spec.model!r} cannot be built for {task.model_kind} (task {spec.task!r})")
     if task.model_kind not in method.model_kinds:
         out.append(f"{where}: {label}: method {spec.method!r} does not support {task.model_kind}")
     return out
-

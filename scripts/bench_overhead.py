@@ -23,8 +23,17 @@ from pathlib import Path
 
 import yaml
 
-CELL = {"model": "tiny-llama", "task": {"name": "random-lm", "n_train": 256, "n_eval": 16}, "precision": "fp32",
-        "grad_accum": 1, "batch_size": 8, "seq_len": 64, "lr": 0.001, "seed": 0, "device": "cpu"}
+CELL = {
+    "model": "tiny-llama",
+    "task": {"name": "random-lm", "n_train": 256, "n_eval": 16},
+    "precision": "fp32",
+    "grad_accum": 1,
+    "batch_size": 8,
+    "seq_len": 64,
+    "lr": 0.001,
+    "seed": 0,
+    "device": "cpu",
+}
 
 
 def bare_tokens_per_s(steps: int) -> float:
@@ -32,23 +41,49 @@ def bare_tokens_per_s(steps: int) -> float:
     from bench.selfcheck import run_bare
     from bench.spec import RunSpec
 
-    spec = RunSpec(suite="overhead", model="tiny-llama", task="random-lm", method="lora", precision="fp32",
-                   grad_accum=1, batch_size=8, steps=steps, warmup_steps=10, seq_len=64, lr=0.001, seed=0,
-                   timeout_s=600, device="cpu", task_options={"n_train": 256, "n_eval": 16},
-                   method_options={"r": 8, "alpha": 16})
+    spec = RunSpec(
+        suite="overhead",
+        model="tiny-llama",
+        task="random-lm",
+        method="lora",
+        precision="fp32",
+        grad_accum=1,
+        batch_size=8,
+        steps=steps,
+        warmup_steps=10,
+        seq_len=64,
+        lr=0.001,
+        seed=0,
+        timeout_s=600,
+        device="cpu",
+        task_options={"n_train": 256, "n_eval": 16},
+        method_options={"r": 8, "alpha": 16},
+    )
     return run_bare(spec)["tokens_per_s"]
 
 
 def run_suite(tmp: Path, name: str, methods: list, steps: int, launcher: str) -> tuple[float, list[dict]]:
-    suite = {"name": name, "defaults": {**CELL, "steps": steps, "warmup_steps": 0 if steps == 1 else 10,
-                                        "timeout_s": 600, "save_checkpoint": True}, "matrix": {"method": methods}}
+    suite = {
+        "name": name,
+        "defaults": {
+            **CELL,
+            "steps": steps,
+            "warmup_steps": 0 if steps == 1 else 10,
+            "timeout_s": 600,
+            "save_checkpoint": True,
+        },
+        "matrix": {"method": methods},
+    }
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
     out = tmp / f"out-{name}-{launcher}"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--launcher", launcher],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--launcher", launcher],
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - t0
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert all(r["status"] == "success" for r in recs), [r.get("error") for r in recs]
@@ -81,22 +116,32 @@ def main() -> None:
             over = [r["duration_s"] - r["timings"]["time_train_s"] - r["timings"]["time_eval_s"] for r in recs]
             paired = [h / b for h, b in zip(speeds[launcher], speeds["bare"])]
             result[launcher] = {
-                "harness_tokens_per_s": tps, "ratio_harness_over_bare": statistics.median(paired),
+                "harness_tokens_per_s": tps,
+                "ratio_harness_over_bare": statistics.median(paired),
                 "paired_ratios": paired,
-                "overhead_median_s": statistics.median(over), "overhead_s": over,
+                "overhead_median_s": statistics.median(over),
+                "overhead_s": over,
                 "cell_wall_median_s": statistics.median(r["duration_s"] for r in recs),
-                "suite_wall_s": wall, "suite_wall_per_cell_s": wall / args.cells,
+                "suite_wall_s": wall,
+                "suite_wall_per_cell_s": wall / args.cells,
                 "time_spawn_median_s": statistics.median(r["timings"]["time_spawn_s"] for r in recs),
                 "time_import_median_s": statistics.median(r["timings"]["time_import_s"] for r in recs),
             }
-    print(f"bare loop: {bare:,.0f} tokens/s (median of {args.rounds}; all: "
-          + ", ".join(f"{k} {[round(v) for v in vals]}" for k, vals in speeds.items()) + ")")
-    print(f"{'launcher':12s} {'tok/s':>9s} {'ratio*':>6s} {'overhead p50 s':>15s} {'cell wall p50 s':>16s} "
-          f"{'suite wall/cell s':>18s}")
+    print(
+        f"bare loop: {bare:,.0f} tokens/s (median of {args.rounds}; all: "
+        + ", ".join(f"{k} {[round(v) for v in vals]}" for k, vals in speeds.items())
+        + ")"
+    )
+    print(
+        f"{'launcher':12s} {'tok/s':>9s} {'ratio*':>6s} {'overhead p50 s':>15s} {'cell wall p50 s':>16s} "
+        f"{'suite wall/cell s':>18s}"
+    )
     for launcher in ("spawn", "fork-server"):
         r = result[launcher]
-        print(f"{launcher:12s} {r['harness_tokens_per_s']:9,.0f} {r['ratio_harness_over_bare']:6.3f} "
-              f"{r['overhead_median_s']:15.3f} {r['cell_wall_median_s']:16.3f} {r['suite_wall_per_cell_s']:18.3f}")
+        print(
+            f"{launcher:12s} {r['harness_tokens_per_s']:9,.0f} {r['ratio_harness_over_bare']:6.3f} "
+            f"{r['overhead_median_s']:15.3f} {r['cell_wall_median_s']:16.3f} {r['suite_wall_per_cell_s']:18.3f}"
+        )
     print("ratio*: median over rounds of (harness tokens/s / bare tokens/s) measured back to back")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -15,14 +15,26 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = Path(__file__).parent / "plugins"
 
-BASE_DEFAULTS = {"steps": 4, "warmup_steps": 1, "batch_size": 4, "seq_len": 16, "lr": 1e-3, "timeout_s": 120,
-                 "task": {"name": "toy-cls", "n_train": 32, "n_eval": 16}, "precision": "fp32", "grad_accum": 1,
-                 "model": "tiny-llama"}
+BASE_DEFAULTS = {
+    "steps": 4,
+    "warmup_steps": 1,
+    "batch_size": 4,
+    "seq_len": 16,
+    "lr": 1e-3,
+    "timeout_s": 120,
+    "task": {"name": "toy-cls", "n_train": 32, "n_eval": 16},
+    "precision": "fp32",
+    "grad_accum": 1,
+    "model": "tiny-llama",
+}
 
 
 def make_suite(tmp_path: Path, matrix: dict[str, Any], name: str = "t", **defaults: Any) -> Path:
-    data = {"name": name, "defaults": {**{k: v for k, v in BASE_DEFAULTS.items() if k not in matrix}, **defaults},
-            "matrix": matrix}
+    data = {
+        "name": name,
+        "defaults": {**{k: v for k, v in BASE_DEFAULTS.items() if k not in matrix}, **defaults},
+        "matrix": matrix,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -34,8 +46,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout, **kw
+    )
 
 
 def fault_plugin_path(tmp_path: Path) -> Path:
@@ -68,9 +81,22 @@ def fault_env(tmp_path, monkeypatch):
     registry.discover.cache_clear()
 
 
-SPEC_BASE = {"suite": "t", "model": "tiny-llama", "task": "toy-cls", "method": "full", "precision": "fp32",
-             "grad_accum": 1, "batch_size": 8, "steps": 4, "warmup_steps": 1, "seq_len": 16, "lr": 1e-3, "seed": 0,
-             "timeout_s": 120, "task_options": {"n_train": 32, "n_eval": 16}}
+SPEC_BASE = {
+    "suite": "t",
+    "model": "tiny-llama",
+    "task": "toy-cls",
+    "method": "full",
+    "precision": "fp32",
+    "grad_accum": 1,
+    "batch_size": 8,
+    "steps": 4,
+    "warmup_steps": 1,
+    "seq_len": 16,
+    "lr": 1e-3,
+    "seed": 0,
+    "timeout_s": 120,
+    "task_options": {"n_train": 32, "n_eval": 16},
+}
 
 
 def run_cell_inproc(run_dir: Path, **overrides: Any) -> dict[str, Any]:

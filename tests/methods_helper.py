@@ -31,8 +31,21 @@ def build(model_name: str, method_name: str, options: dict | None = None, precis
     task_name = TASK_FOR[model_name]
     task_cls = registry.load("task", task_name)
     method_cls = registry.load("method", method_name)
-    spec = RunSpec(suite="t", model=model_name, task=task_name, method=method_name, precision=precision,
-                   grad_accum=1, batch_size=4, steps=3, warmup_steps=1, seq_len=12, lr=1e-2, seed=0, timeout_s=60)
+    spec = RunSpec(
+        suite="t",
+        model=model_name,
+        task=task_name,
+        method=method_name,
+        precision=precision,
+        grad_accum=1,
+        batch_size=4,
+        steps=3,
+        warmup_steps=1,
+        seq_len=12,
+        lr=1e-2,
+        seed=0,
+        timeout_s=60,
+    )
     model, tok = load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0, {}, {})
     task = task_cls(task_cls.config_cls(n_train=16, n_eval=8), spec.seq_len, 0)
     task.load(tok, model.config)

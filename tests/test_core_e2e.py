@@ -1,6 +1,5 @@
 """End to end: a suite runs as isolated subprocess cells and leaves one honest record per cell."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,9 @@ LORA = {"name": "lora", "r": 2, "target_modules": TARGETS}
 def expected_lora_trainable(model_name: str, r: int) -> tuple[int, int]:
     """Independent count: r*(in+out) per targeted Linear + the trained head copy; and the model's total."""
     import torch
-
-    from bench.models import auto_class, CONFIGS
     import transformers
+
+    from bench.models import CONFIGS, auto_class
 
     cfg = transformers.AutoConfig.for_model(**CONFIGS[model_name], num_labels=2)
     model = auto_class("seq_cls").from_config(cfg)
@@ -39,8 +38,7 @@ def expected_lora_trainable(model_name: str, r: int) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def core_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("core")
-    path = make_suite(tmp, {"model": ["tiny-llama", "tiny-bert"], "method": ["full", LORA],
-                            "grad_accum": [1, 2]})
+    path = make_suite(tmp, {"model": ["tiny-llama", "tiny-bert"], "method": ["full", LORA], "grad_accum": [1, 2]})
     out = tmp / "out"
     res = cli("run", str(path), "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -121,4 +119,8 @@ def test_local_model_directory_runs_through_from_pretrained(tmp_path):
     assert summary.ran == 1
     assert rec["status"] == "success", rec["error"]
     assert rec["model_info"]["class"] == "BertForSequenceClassification"
-    assert rec["model_info"] == {"class": "BertForSequenceClassification", "random_weights": False, "has_tokenizer": False}
+    assert rec["model_info"] == {
+        "class": "BertForSequenceClassification",
+        "random_weights": False,
+        "has_tokenizer": False,
+    }

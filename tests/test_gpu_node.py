@@ -41,8 +41,17 @@ def test_scheduler_stops_taking_work_when_told():
 def test_cells_spread_over_four_fake_gpus_one_at_a_time(tmp_path):
     fake = {"devices": [{"name": f"FakeGPU{i}", "used_mib": 100 * i, "processes": []} for i in range(4)]}
     path = make_suite(tmp_path, {"method": [{"name": "lora", "r": r} for r in (1, 2, 3, 4, 5, 6, 7, 8)]})
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--gpus", "0,1,2,3", "--launcher", "fork-server",
-              env={nvml.FAKE_ENV: json.dumps(fake)})
+    res = cli(
+        "run",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--gpus",
+        "0,1,2,3",
+        "--launcher",
+        "fork-server",
+        env={nvml.FAKE_ENV: json.dumps(fake)},
+    )
     assert res.returncode == 0, res.stderr
     recs = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert sorted(r["run_id"] for r in recs) == sorted({r["run_id"] for r in recs}) and len(recs) == 8
@@ -79,10 +88,21 @@ def test_mfu_formula_and_missing_reasons():
 
 @pytest.mark.slow
 def test_submitit_local_executor_runs_a_four_cell_suite(tmp_path):
-    data = {"name": "sl", "defaults": {"steps": 3, "warmup_steps": 1, "batch_size": 4, "seq_len": 16, "timeout_s": 300,
-                                       "task": {"name": "toy-cls", "n_train": 16, "n_eval": 8}, "precision": "fp32",
-                                       "model": "tiny-bert"},
-            "matrix": {"method": ["full", "bitfit"], "grad_accum": [1, 2]}, "executor": {"kind": "submitit-local"}}
+    data = {
+        "name": "sl",
+        "defaults": {
+            "steps": 3,
+            "warmup_steps": 1,
+            "batch_size": 4,
+            "seq_len": 16,
+            "timeout_s": 300,
+            "task": {"name": "toy-cls", "n_train": 16, "n_eval": 8},
+            "precision": "fp32",
+            "model": "tiny-bert",
+        },
+        "matrix": {"method": ["full", "bitfit"], "grad_accum": [1, 2]},
+        "executor": {"kind": "submitit-local"},
+    }
     import yaml
 
     path = tmp_path / "sl.yaml"
@@ -103,9 +123,12 @@ def test_bad_executor_block_is_rejected(tmp_path):
     from bench.errors import SuiteError
     from bench.suite import load_suite
 
-    data = {"name": "x", "defaults": {"task": "toy-cls", "precision": "fp32", "grad_accum": 1, "model": "tiny-bert",
-                                      "method": "full"},
-            "matrix": {}, "executor": {"kind": "slurmm", "partiton": "gpu"}}
+    data = {
+        "name": "x",
+        "defaults": {"task": "toy-cls", "precision": "fp32", "grad_accum": 1, "model": "tiny-bert", "method": "full"},
+        "matrix": {},
+        "executor": {"kind": "slurmm", "partiton": "gpu"},
+    }
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(SuiteError) as err:

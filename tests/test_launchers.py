@@ -7,8 +7,16 @@ from conftest import cli, make_suite, read_jsonl
 
 pytestmark = pytest.mark.slow
 
-SAME = ["trainable_params", "total_params", "checkpoint_bytes", "score_before", "score_after", "final_loss",
-        "timed_tokens", "micro_batch_size"]
+SAME = [
+    "trainable_params",
+    "total_params",
+    "checkpoint_bytes",
+    "score_before",
+    "score_after",
+    "final_loss",
+    "timed_tokens",
+    "micro_batch_size",
+]
 
 
 def test_spawn_and_fork_server_give_the_same_records(tmp_path):

@@ -11,11 +11,31 @@ import torch
 from bench.errors import RegistryError, Unsupported
 from methods_helper import build, fresh_base, logits, train_steps
 
-ALL = ["full", "lora", "dora", "rslora", "adalora", "loha", "lokr", "vera", "oft", "boft", "ia3", "prompt", "prefix",
-       "ptuning", "adapter", "bitfit", "freeze"]
+ALL = [
+    "full",
+    "lora",
+    "dora",
+    "rslora",
+    "adalora",
+    "loha",
+    "lokr",
+    "vera",
+    "oft",
+    "boft",
+    "ia3",
+    "prompt",
+    "prefix",
+    "ptuning",
+    "adapter",
+    "bitfit",
+    "freeze",
+]
 UNSUPPORTED = {("tiny-llama", "bitfit"): "no bias terms", ("tiny-bert", "prefix"): "past key values"}
-OPTIONS = {"prompt": {"num_virtual_tokens": 10}, "prefix": {"num_virtual_tokens": 10},
-           "ptuning": {"num_virtual_tokens": 10}}
+OPTIONS = {
+    "prompt": {"num_virtual_tokens": 10},
+    "prefix": {"num_virtual_tokens": 10},
+    "ptuning": {"num_virtual_tokens": 10},
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 # tiny configs: hidden 64, 2 layers, MLP 128; llama: 4 heads of 16, 2 KV heads -> k/v out 32; 2 labels
@@ -26,8 +46,11 @@ def expected_trainable(model: str, method: str) -> int | None:
     head = H * 2 if model == "tiny-llama" else H * 2 + 2  # llama score has no bias; bert classifier has
     head = head if model == "tiny-bert" else 0  # causal LM (tiny-llama) tasks have no classification head
     if method == "lora":  # r=8 on every linear but the head
-        per_layer = (H + H) + (H + KV) + (H + KV) + (H + H) + (H + FF) + (H + FF) + (FF + H) if model == "tiny-llama" \
+        per_layer = (
+            (H + H) + (H + KV) + (H + KV) + (H + H) + (H + FF) + (H + FF) + (FF + H)
+            if model == "tiny-llama"
             else 4 * (H + H) + (H + FF) + (FF + H)
+        )
         pooler = 0 if model == "tiny-llama" else H + H
         return 8 * (L * per_layer + pooler) + head
     if method == "ia3":  # scaling vectors: k, v outputs and the MLP down-projection input; on BERT peft's
@@ -137,9 +160,9 @@ def test_third_party_plugin_is_listed_and_runs_in_a_suite(example_plugin, tmp_pa
     from conftest import cli, make_suite, read_jsonl
 
     res = cli("list", "methods", env=example_plugin)
-    line = next(l for l in res.stdout.splitlines() if l.startswith("head-only"))
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("head-only"))
     assert "peft-bench-example-plugin 0.1.0" in line
-    assert any(l.startswith("lora") and "peft-bench" in l for l in res.stdout.splitlines())
+    assert any(ln.startswith("lora") and "peft-bench" in ln for ln in res.stdout.splitlines())
     path = make_suite(tmp_path, {"method": ["head-only"], "model": ["tiny-bert"]})
     res = cli("run", str(path), "--out", str(tmp_path / "out"), env=example_plugin)
     assert res.returncode == 0, res.stderr

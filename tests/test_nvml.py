@@ -1,7 +1,6 @@
 """NVML sampling with a fake backend (no GPU here), the missing-reason path, and the busy-GPU refusal."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,11 +23,15 @@ def test_real_nvml_without_gpu_gives_reason_not_zero(monkeypatch):
 
 
 def test_sampler_sums_the_child_process_tree():
-    fake = nvml.FakeNvml({"devices": [{"used_mib": 1000, "processes": [{"pid": 1, "used_mib": 300}]}],
-                          "tree_mib": 250})
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
-                              "'import time; time.sleep(3)']); time.sleep(3)"])
+    fake = nvml.FakeNvml({"devices": [{"used_mib": 1000, "processes": [{"pid": 1, "used_mib": 300}]}], "tree_mib": 250})
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(3)']); time.sleep(3)",
+        ]
+    )
     try:
         sampler = nvml.Sampler(fake, 0, None, interval_s=0.01)
         sampler.start(child.pid)
@@ -52,8 +55,15 @@ def test_busy_gpu_refuses_with_process_list(tmp_path, monkeypatch):
     with pytest.raises(BusyGpu) as err:
         run_specs(expand(load_suite(path)), RunOptions(out_dir=tmp_path / "out"), progress=lambda s: None)
     assert "PID 1" in str(err.value) and "8000 MiB" in str(err.value) and "--allow-busy-gpu" in str(err.value)
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--busy-threshold-mib", "100",
-              env={nvml.FAKE_ENV: json.dumps(fake)})
+    res = cli(
+        "run",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--busy-threshold-mib",
+        "100",
+        env={nvml.FAKE_ENV: json.dumps(fake)},
+    )
     assert res.returncode == 1 and "busy" in res.stderr
 
 

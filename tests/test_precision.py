@@ -12,8 +12,16 @@ from conftest import run_cell_inproc
 def test_grad_accum_1_2_4_give_the_same_loss_curve(tmp_path, model, task):
     curves = {}
     for ga in (1, 2, 4):
-        res = run_cell_inproc(tmp_path / f"ga{ga}", model=model, task=task, grad_accum=ga, batch_size=8, steps=5,
-                              lr=1e-2, save_checkpoint=False)
+        res = run_cell_inproc(
+            tmp_path / f"ga{ga}",
+            model=model,
+            task=task,
+            grad_accum=ga,
+            batch_size=8,
+            steps=5,
+            lr=1e-2,
+            save_checkpoint=False,
+        )
         assert res["status"] == "success", res.get("error")
         assert res["metrics"]["micro_batch_size"] == 8 // ga
         curves[ga] = res["loss_curve"]
@@ -25,7 +33,6 @@ def test_grad_accum_1_2_4_give_the_same_loss_curve(tmp_path, model, task):
 
 def test_padding_aware_token_averaging_differs_from_naive_mean(tmp_path):
     """Variable-length causal-LM batches: the per-micro-batch mean would not match; ours does (above)."""
-    import torch
 
     from bench.tasks.synthetic import RandomLM, SizeOptions
 
@@ -60,7 +67,9 @@ def test_fp16_on_cpu_is_unsupported_never_silently_fp32(tmp_path):
     assert "loss_curve" not in res
 
 
-@pytest.mark.parametrize("precision, layer, storage", [("nf4", "Linear4bit", "uint8"), ("int8", "Linear8bitLt", "int8")])
+@pytest.mark.parametrize(
+    "precision, layer, storage", [("nf4", "Linear4bit", "uint8"), ("int8", "Linear8bitLt", "int8")]
+)
 def test_quantized_base_trains_lora_on_cpu_and_says_so(tmp_path, precision, layer, storage):
     res = run_cell_inproc(tmp_path, method="lora", precision=precision)
     assert res["status"] == "success", res.get("error")
@@ -72,7 +81,9 @@ def test_quantized_base_trains_lora_on_cpu_and_says_so(tmp_path, precision, laye
     assert all(math.isfinite(x) for x in res["loss_curve"])
 
 
-@pytest.mark.parametrize("method, precision, layer", [("qlora", "nf4", "Linear4bit"), ("lora8bit", "int8", "Linear8bitLt")])
+@pytest.mark.parametrize(
+    "method, precision, layer", [("qlora", "nf4", "Linear4bit"), ("lora8bit", "int8", "Linear8bitLt")]
+)
 def test_quantized_lora_recipes_on_an_encoder_with_biases(tmp_path, method, precision, layer):
     res = run_cell_inproc(tmp_path, method=method, precision=precision, model="tiny-bert")
     assert res["status"] == "success", res.get("error")

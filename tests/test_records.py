@@ -27,14 +27,20 @@ def test_every_record_carries_the_schema_version(tmp_path):
 
 
 def test_finished_ids_are_success_and_unsupported_only():
-    recs = [{"run_id": "a", "status": "success"}, {"run_id": "b", "status": "oom"},
-            {"run_id": "c", "status": "unsupported"}, {"run_id": "d", "status": "canceled"}]
+    recs = [
+        {"run_id": "a", "status": "success"},
+        {"run_id": "b", "status": "oom"},
+        {"run_id": "c", "status": "unsupported"},
+        {"run_id": "d", "status": "canceled"},
+    ]
     assert records.finished_ids(recs) == {"a", "c"}
 
 
 def test_second_lock_holder_is_refused_with_the_first_pid(tmp_path):
-    code = ("import sys, time; from bench.records import OutDirLock\n"
-            "with OutDirLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)")
+    code = (
+        "import sys, time; from bench.records import OutDirLock\n"
+        "with OutDirLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

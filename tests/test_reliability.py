@@ -1,7 +1,6 @@
 """Every fault ends as a record or a clear error; nothing finished is lost. Faults come from the test-only
 fault plugin (tests/plugins/faultplugin), installed on a path through its entry points."""
 
-import json
 import os
 import signal
 import subprocess
@@ -18,8 +17,13 @@ pytestmark = pytest.mark.slow
 
 
 def start_cli(args, env):
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
 
 
 def wait_for(path: Path, timeout: float = 60) -> str:
@@ -54,8 +58,11 @@ def test_crash_with_exit_code_is_failed_with_stderr_tail(tmp_path, fault_env):
 @pytest.mark.parametrize("launcher", ["spawn", "fork-server"])
 def test_kill_9_mid_training_is_failed_with_signal_and_suite_continues(tmp_path, fault_env, launcher):
     marker = tmp_path / "training.pid"
-    path = make_suite(tmp_path, {"method": [{"name": "fault-slow", "marker": str(marker), "step_sleep_s": 2.0,
-                                             "label": "slow"}, "full"]}, steps=20)
+    path = make_suite(
+        tmp_path,
+        {"method": [{"name": "fault-slow", "marker": str(marker), "step_sleep_s": 2.0, "label": "slow"}, "full"]},
+        steps=20,
+    )
     proc = start_cli(["run", str(path), "--out", str(tmp_path / "out"), "--launcher", launcher], fault_env)
     child_pid = int(wait_for(marker))
     os.kill(child_pid, signal.SIGKILL)
@@ -69,8 +76,9 @@ def test_kill_9_mid_training_is_failed_with_signal_and_suite_continues(tmp_path,
 @pytest.mark.parametrize("launcher", ["spawn", "fork-server"])
 def test_hang_past_timeout_is_killed_with_its_whole_tree(tmp_path, fault_env, launcher):
     marker = tmp_path / "grandchild.pid"
-    path = make_suite(tmp_path, {"method": [{"name": "fault-sleep", "marker": str(marker), "label": "hang"}]},
-                      timeout_s=5)
+    path = make_suite(
+        tmp_path, {"method": [{"name": "fault-sleep", "marker": str(marker), "label": "hang"}]}, timeout_s=5
+    )
     t0 = time.time()
     res = cli("run", str(path), "--out", str(tmp_path / "out"), "--launcher", launcher, env=fault_env)
     assert time.time() - t0 < 30

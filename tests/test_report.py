@@ -16,7 +16,7 @@ FIX = Path(__file__).parent / "fixtures"
 
 
 def fixture_records():
-    return [json.loads(l) for l in (FIX / "report_records.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (FIX / "report_records.jsonl").read_text().splitlines()]
 
 
 def test_golden_markdown_is_exact():
@@ -83,16 +83,29 @@ def test_csv_and_json_exports_round_trip(tmp_path):
     back_json = report.read_export(tmp_path / "r.json")
     for back in (back_csv, back_json):
         assert list(back.columns) == list(df.columns)
-        pd.testing.assert_frame_equal(back.astype(object).where(back.notna(), None),
-                                      df.astype(object).where(df.notna(), None), check_dtype=False)
+        pd.testing.assert_frame_equal(
+            back.astype(object).where(back.notna(), None), df.astype(object).where(df.notna(), None), check_dtype=False
+        )
 
 
 def test_cli_report_writes_markdown_csv_json_and_plot(tmp_path):
     from bench.cli import main
 
     out = tmp_path / "r.md"
-    rc = main(["report", str(FIX / "report_records.jsonl"), "-o", str(out), "--csv", str(tmp_path / "r.csv"),
-               "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    rc = main(
+        [
+            "report",
+            str(FIX / "report_records.jsonl"),
+            "-o",
+            str(out),
+            "--csv",
+            str(tmp_path / "r.csv"),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plot",
+            str(tmp_path / "r.png"),
+        ]
+    )
     assert rc == 0 and out.read_text().startswith("# peft-bench report: golden")
     assert all((tmp_path / f).exists() for f in ("r.csv", "r.json", "r.png", "r.json"))
 
@@ -109,3 +122,8 @@ def test_rendering_ten_thousand_records_is_fast():
     md = report.to_markdown(report.records_to_frame(recs))
     assert time.perf_counter() - t0 < 5
     assert md.count("\n## ") == 50
+
+
+def test_pareto_front_respects_lower_is_better_scores():
+    pts = [(10, 2.0), (20, 1.5), (15, 2.5)]  # memory (lower better) vs perplexity (lower better)
+    assert pareto_front(pts, x_higher_better=False, y_higher_better=False) == [0, 1]

@@ -10,8 +10,10 @@ from conftest import make_suite
 
 
 def test_matrix_expands_to_every_combination_with_readable_run_ids(tmp_path):
-    path = make_suite(tmp_path, {"model": ["tiny-llama", "tiny-bert"], "method": ["full", {"name": "lora", "r": 8}],
-                                 "grad_accum": [1, 2]})
+    path = make_suite(
+        tmp_path,
+        {"model": ["tiny-llama", "tiny-bert"], "method": ["full", {"name": "lora", "r": 8}], "grad_accum": [1, 2]},
+    )
     specs = expand(load_suite(path))
     assert len(specs) == 8
     assert specs[2].run_id == "tiny-llama--toy-cls--lora-r8--fp32--ga1"
@@ -29,10 +31,13 @@ def test_run_id_is_deterministic_and_spec_round_trips(tmp_path):
 
 
 def test_exclude_and_include(tmp_path):
-    data = {"name": "x", "defaults": {"steps": 4, "task": "toy-cls", "model": "tiny-llama", "grad_accum": 1},
-            "matrix": {"method": ["full", "lora"], "precision": ["fp32", "bf16"]},
-            "exclude": [{"method": "full", "precision": "bf16"}],
-            "include": [{"method": {"name": "lora", "r": 2}, "precision": "fp32"}]}
+    data = {
+        "name": "x",
+        "defaults": {"steps": 4, "task": "toy-cls", "model": "tiny-llama", "grad_accum": 1},
+        "matrix": {"method": ["full", "lora"], "precision": ["fp32", "bf16"]},
+        "exclude": [{"method": "full", "precision": "bf16"}],
+        "include": [{"method": {"name": "lora", "r": 2}, "precision": "fp32"}],
+    }
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(data))
     ids = [s.run_id for s in expand(load_suite(path))]
@@ -41,19 +46,22 @@ def test_exclude_and_include(tmp_path):
     assert len(ids) == 4
 
 
-@pytest.mark.parametrize("matrix, defaults, expected", [
-    ({"modle": ["tiny-llama"]}, {}, "matrix.modle: unknown axis (did you mean 'model'?)"),
-    ({"method": ["lroa"]}, {}, "unknown method 'lroa' (did you mean 'lora'?)"),
-    ({}, {"steps": "ten"}, "defaults.steps: expected int, got str 'ten'"),
-    ({"method": [{"name": "lora", "rank": 8}]}, {}, "method.rank: unknown option"),
-    ({"model": ["tiny-lama"]}, {}, "unknown model 'tiny-lama' (did you mean 'tiny-llama'?)"),
-    ({"task": ["toy-clss"]}, {}, "unknown task 'toy-clss' (did you mean 'toy-cls'?)"),
-    ({"precision": ["bf61"]}, {}, "unknown precision 'bf61'"),
-    ({"grad_accum": [3]}, {}, "batch_size 4 is not divisible by grad_accum 3"),
-    ({"method": ["full"], "precision": ["nf4"]}, {}, "cannot train a nf4-quantized base"),
-    ({"method": ["qlora"], "precision": ["bf16"]}, {}, "method 'qlora' needs precision nf4"),
-    ({}, {"stepz": 3}, "defaults.stepz: unknown key (did you mean 'steps'?)"),
-])
+@pytest.mark.parametrize(
+    "matrix, defaults, expected",
+    [
+        ({"modle": ["tiny-llama"]}, {}, "matrix.modle: unknown axis (did you mean 'model'?)"),
+        ({"method": ["lroa"]}, {}, "unknown method 'lroa' (did you mean 'lora'?)"),
+        ({}, {"steps": "ten"}, "defaults.steps: expected int, got str 'ten'"),
+        ({"method": [{"name": "lora", "rank": 8}]}, {}, "method.rank: unknown option"),
+        ({"model": ["tiny-lama"]}, {}, "unknown model 'tiny-lama' (did you mean 'tiny-llama'?)"),
+        ({"task": ["toy-clss"]}, {}, "unknown task 'toy-clss' (did you mean 'toy-cls'?)"),
+        ({"precision": ["bf61"]}, {}, "unknown precision 'bf61'"),
+        ({"grad_accum": [3]}, {}, "batch_size 4 is not divisible by grad_accum 3"),
+        ({"method": ["full"], "precision": ["nf4"]}, {}, "cannot train a nf4-quantized base"),
+        ({"method": ["qlora"], "precision": ["bf16"]}, {}, "method 'qlora' needs precision nf4"),
+        ({}, {"stepz": 3}, "defaults.stepz: unknown key (did you mean 'steps'?)"),
+    ],
+)
 def test_bad_suite_names_the_key_and_choices(tmp_path, matrix, defaults, expected):
     path = make_suite(tmp_path, {"method": ["lora"], **matrix}, **defaults)
     with pytest.raises(SuiteError) as err:
@@ -113,10 +121,15 @@ def test_method_entry_may_set_its_own_learning_rate(tmp_path):
 
 
 def test_entries_override_training_defaults_method_over_task_over_model(tmp_path):
-    data = {"name": "o", "defaults": {"steps": 10, "lr": 0.001, "precision": "fp32", "grad_accum": 1},
-            "matrix": {"model": [{"name": "tiny-llama", "seq_len": 8}],
-                       "task": [{"name": "reverse", "steps": 200, "batch_size": 32, "length": 3}],
-                       "method": ["full", {"name": "lora", "lr": 0.005, "steps": 300}]}}
+    data = {
+        "name": "o",
+        "defaults": {"steps": 10, "lr": 0.001, "precision": "fp32", "grad_accum": 1},
+        "matrix": {
+            "model": [{"name": "tiny-llama", "seq_len": 8}],
+            "task": [{"name": "reverse", "steps": 200, "batch_size": 32, "length": 3}],
+            "method": ["full", {"name": "lora", "lr": 0.005, "steps": 300}],
+        },
+    }
     path = tmp_path / "o.yaml"
     path.write_text(yaml.safe_dump(data))
     full, lora = expand(load_suite(path))

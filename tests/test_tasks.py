@@ -29,8 +29,10 @@ def rows(n_pos, n_neg, n_neu=3):
 
 
 def test_dedup_drops_neutral_duplicates_and_conflicts():
-    data = rows(3, 3) + [{"sentiment": "positive", "text": "Good  THING number 0"},  # duplicate after normalising
-                         {"sentiment": "negative", "text": "good thing number 1"}]  # conflicting label
+    data = rows(3, 3) + [
+        {"sentiment": "positive", "text": "Good  THING number 0"},  # duplicate after normalising
+        {"sentiment": "negative", "text": "good thing number 1"},
+    ]  # conflicting label
     items = dedup_binary(data)
     texts = [t for t, _ in items]
     assert "good thing number 1" not in texts and len(items) == 5
@@ -87,8 +89,14 @@ def test_score_before_and_after_recorded_for_every_method(tmp_path, method):
 
 
 def test_forgetting_is_measured_for_causal_lm(tmp_path):
-    res = run_cell_inproc(tmp_path, model="tiny-llama", task="reverse", method="prompt", steps=3,
-                          task_options={"n_train": 32, "n_eval": 8})
+    res = run_cell_inproc(
+        tmp_path,
+        model="tiny-llama",
+        task="reverse",
+        method="prompt",
+        steps=3,
+        task_options={"n_train": 32, "n_eval": 8},
+    )
     assert res["status"] == "success", res.get("error")
     m = res["metrics"]
     assert m["forgetting_delta"] == pytest.approx(m["general_loss_after"] - m["general_loss_before"])

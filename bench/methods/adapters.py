@@ -10,8 +10,17 @@ from bench.errors import Unsupported
 from bench.methods.base import Method, MethodConfig, MethodContext, unfreeze_head
 
 # Output projections of attention and MLP blocks across common architectures.
-DEFAULT_TARGETS = ("attention.output.dense", "output.dense", "o_proj", "down_proj", "out_proj", "fc2",
-                   "attn.c_proj", "mlp.c_proj", "dense_4h_to_h")
+DEFAULT_TARGETS = (
+    "attention.output.dense",
+    "output.dense",
+    "o_proj",
+    "down_proj",
+    "out_proj",
+    "fc2",
+    "attn.c_proj",
+    "mlp.c_proj",
+    "dense_4h_to_h",
+)
 
 
 @dataclass

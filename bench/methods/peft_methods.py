@@ -60,8 +60,12 @@ class LoRA(PeftMethod):
         import peft
 
         return peft.LoraConfig(
-            task_type=_task_type(ctx), r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-            target_modules=config.target_modules, **self.extra,
+            task_type=_task_type(ctx),
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=config.target_modules,
+            **self.extra,
         )
 
 
@@ -111,8 +115,13 @@ class AdaLoRA(PeftMethod):
         tinit = int(ctx.steps * config.tinit_fraction)
         tfinal = int(ctx.steps * config.tfinal_fraction)
         return peft.AdaLoraConfig(
-            task_type=_task_type(ctx), init_r=config.init_r, target_r=config.target_r, lora_alpha=config.alpha,
-            target_modules=config.target_modules, total_step=ctx.steps, tinit=tinit,
+            task_type=_task_type(ctx),
+            init_r=config.init_r,
+            target_r=config.target_r,
+            lora_alpha=config.alpha,
+            target_modules=config.target_modules,
+            total_step=ctx.steps,
+            tinit=tinit,
             tfinal=min(tfinal, max(ctx.steps - tinit - 1, 0)),
         )
 
@@ -134,8 +143,9 @@ class LoHa(PeftMethod):
     def peft_config(self, config: LycorisOptions, ctx: MethodContext) -> Any:
         import peft
 
-        return peft.LoHaConfig(task_type=_task_type(ctx), r=config.r, alpha=config.alpha,
-                               target_modules=config.target_modules)
+        return peft.LoHaConfig(
+            task_type=_task_type(ctx), r=config.r, alpha=config.alpha, target_modules=config.target_modules
+        )
 
 
 class LoKr(PeftMethod):
@@ -145,8 +155,9 @@ class LoKr(PeftMethod):
     def peft_config(self, config: LycorisOptions, ctx: MethodContext) -> Any:
         import peft
 
-        return peft.LoKrConfig(task_type=_task_type(ctx), r=config.r, alpha=config.alpha,
-                               target_modules=config.target_modules)
+        return peft.LoKrConfig(
+            task_type=_task_type(ctx), r=config.r, alpha=config.alpha, target_modules=config.target_modules
+        )
 
 
 @dataclass
@@ -163,8 +174,9 @@ class VeRA(PeftMethod):
     def peft_config(self, config: VeraOptions, ctx: MethodContext) -> Any:
         import peft
 
-        return peft.VeraConfig(task_type=_task_type(ctx), r=config.r, d_initial=config.d_initial,
-                               target_modules=config.target_modules)
+        return peft.VeraConfig(
+            task_type=_task_type(ctx), r=config.r, d_initial=config.d_initial, target_modules=config.target_modules
+        )
 
 
 @dataclass
@@ -180,8 +192,9 @@ class OFT(PeftMethod):
     def peft_config(self, config: OftOptions, ctx: MethodContext) -> Any:
         import peft
 
-        return peft.OFTConfig(task_type=_task_type(ctx), r=0, oft_block_size=config.block_size,
-                              target_modules=config.target_modules)
+        return peft.OFTConfig(
+            task_type=_task_type(ctx), r=0, oft_block_size=config.block_size, target_modules=config.target_modules
+        )
 
 
 @dataclass
@@ -198,9 +211,12 @@ class BOFT(PeftMethod):
     def peft_config(self, config: BoftOptions, ctx: MethodContext) -> Any:
         import peft
 
-        return peft.BOFTConfig(task_type=_task_type(ctx), boft_block_size=config.block_size,
-                               boft_n_butterfly_factor=config.n_butterfly_factor,
-                               target_modules=config.target_modules)
+        return peft.BOFTConfig(
+            task_type=_task_type(ctx),
+            boft_block_size=config.block_size,
+            boft_n_butterfly_factor=config.n_butterfly_factor,
+            target_modules=config.target_modules,
+        )
 
 
 @dataclass
@@ -218,5 +234,8 @@ class IA3(PeftMethod):
     def peft_config(self, config: IA3Options, ctx: MethodContext) -> Any:
         import peft
 
-        return peft.IA3Config(task_type=_task_type(ctx), target_modules=config.target_modules,
-                              feedforward_modules=config.feedforward_modules)
+        return peft.IA3Config(
+            task_type=_task_type(ctx),
+            target_modules=config.target_modules,
+            feedforward_modules=config.feedforward_modules,
+        )

@@ -38,10 +38,12 @@ class PromptTuning(PeftMethod):
             path = getattr(ctx.tokenizer, "name_or_path", None)
             if not path:
                 raise Unsupported("prompt init 'text' needs a model with a tokenizer; this model has none")
-            kwargs = dict(prompt_tuning_init="TEXT", prompt_tuning_init_text=config.init_text,
-                          tokenizer_name_or_path=path)
-        return peft.PromptTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
-                                       **kwargs)
+            kwargs = dict(
+                prompt_tuning_init="TEXT", prompt_tuning_init_text=config.init_text, tokenizer_name_or_path=path
+            )
+        return peft.PromptTuningConfig(
+            task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens, **kwargs
+        )
 
 
 @dataclass
@@ -62,16 +64,20 @@ class PrefixTuning(PeftMethod):
         # peft's sequence-classification wrapper feeds the prefix as past_key_values (same check as peft's forward)
         backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
         if ctx.model_kind == "seq_cls" and not any(
-                m is not None and "past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)):
+            m is not None and "past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)
+        ):
             raise Unsupported(f"prefix tuning injects past key values; {type(model).__name__} does not accept them")
         return super().apply(model, config, ctx)
 
     def peft_config(self, config: PrefixOptions, ctx: MethodContext) -> Any:
         import peft
 
-        return peft.PrefixTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
-                                       prefix_projection=config.projection,
-                                       encoder_hidden_size=config.encoder_hidden_size)
+        return peft.PrefixTuningConfig(
+            task_type=_task_type(ctx),
+            num_virtual_tokens=config.num_virtual_tokens,
+            prefix_projection=config.projection,
+            encoder_hidden_size=config.encoder_hidden_size,
+        )
 
 
 @dataclass
@@ -91,6 +97,9 @@ class PTuning(PeftMethod):
     def peft_config(self, config: PTuningOptions, ctx: MethodContext) -> Any:
         import peft
 
-        return peft.PromptEncoderConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
-                                        encoder_reparameterization_type=config.encoder.upper(),
-                                        encoder_hidden_size=config.encoder_hidden_size)
+        return peft.PromptEncoderConfig(
+            task_type=_task_type(ctx),
+            num_virtual_tokens=config.num_virtual_tokens,
+            encoder_reparameterization_type=config.encoder.upper(),
+            encoder_hidden_size=config.encoder_hidden_size,
+        )

@@ -69,12 +69,15 @@ class Freeze(Method):
             layers_name, layers = transformer_layers(model)
             if config.k > len(layers):
                 raise Unsupported(f"k={config.k} but the model has only {len(layers)} layers")
-            for block in list(layers)[-config.k:]:
+            for block in list(layers)[-config.k :]:
                 for p in block.parameters():
                     p.requires_grad = True
         else:
-            regexes = [re.compile(p) for p in config.patterns] if config.mode == "patterns" else \
-                [re.compile(r"(layernorm|layer_norm|LayerNorm|_norm|\.norm)\.")]
+            regexes = (
+                [re.compile(p) for p in config.patterns]
+                if config.mode == "patterns"
+                else [re.compile(r"(layernorm|layer_norm|LayerNorm|_norm|\.norm)\.")]
+            )
             for name, p in model.named_parameters():
                 if any(r.search(name) for r in regexes):
                     p.requires_grad = True

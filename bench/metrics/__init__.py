@@ -6,7 +6,7 @@ give the same numbers and are checked against hand-computed cases in the tests.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 def accuracy(preds: Sequence[int], refs: Sequence[int]) -> float:

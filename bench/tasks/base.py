@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 IGNORE = -100
 
@@ -86,7 +87,7 @@ class Task:
 
         labels = batch["labels"]
         if self.model_kind == "causal_lm":
-            logits = logits[:, -labels.shape[1]:]  # soft-prompt methods prepend virtual positions
+            logits = logits[:, -labels.shape[1] :]  # soft-prompt methods prepend virtual positions
             shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
             return F.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
         return F.cross_entropy(logits.float(), labels, reduction="sum")
@@ -94,7 +95,7 @@ class Task:
 
 def batched(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
-        yield items[i: i + size]
+        yield items[i : i + size]
 
 
 def classification_eval(task: Task, model: Any, device: Any, batch_size: int, autocast: Any) -> dict[str, float]:
@@ -115,8 +116,9 @@ def classification_eval(task: Task, model: Any, device: Any, batch_size: int, au
     return {"score": acc, "accuracy": acc, "macro_f1": macro_f1(preds, refs, labels=range(task.num_labels or 2))}
 
 
-def lm_loss_eval(task: Task, model: Any, device: Any, batch_size: int, autocast: Any,
-                 examples: list[dict[str, Any]]) -> float:
+def lm_loss_eval(
+    task: Task, model: Any, device: Any, batch_size: int, autocast: Any, examples: list[dict[str, Any]]
+) -> float:
     """Token-averaged LM loss over `examples`."""
     import torch
 

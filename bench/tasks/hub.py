@@ -89,8 +89,10 @@ class GSM8KSFT(Task):
             answer = tokenizer(row["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
             ids = (prompt + answer)[: self.seq_len]
             self.train.append({"input_ids": ids, "labels": ([IGNORE] * len(prompt) + answer)[: self.seq_len]})
-        self.eval = [{"prompt": f"Question: {r['question']}\nAnswer: ", "answer": final_number(r["answer"])}
-                     for r in test.select(range(min(self.config.n_eval, len(test))))]
+        self.eval = [
+            {"prompt": f"Question: {r['question']}\nAnswer: ", "answer": final_number(r["answer"])}
+            for r in test.select(range(min(self.config.n_eval, len(test))))
+        ]
 
     def evaluate(self, model, device, batch_size, autocast) -> dict[str, float]:
         import torch
@@ -103,9 +105,10 @@ class GSM8KSFT(Task):
         with torch.no_grad(), autocast():
             for chunk in batched(self.eval, batch_size):
                 enc = tok([e["prompt"] for e in chunk], return_tensors="pt", padding=True).to(device)
-                out = model.generate(**enc, max_new_tokens=self.config.max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-                texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out = model.generate(
+                    **enc, max_new_tokens=self.config.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+                )
+                texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                 preds.extend(final_number(t) or "" for t in texts)
         em = exact_match([[p] for p in preds], [[e["answer"]] for e in self.eval])
         return {"score": em, "exact_match": em}
@@ -135,7 +138,7 @@ class Perplexity(Task):
             ds = load_hub_dataset(self.name, self.config.dataset, self.config.config, split)
             text = "\n".join(t for t in ds["text"] if t.strip())
             ids = tokenizer(text)["input_ids"]
-            out = [ids[i: i + self.seq_len] for i in range(0, len(ids) - self.seq_len, self.seq_len)][:n]
+            out = [ids[i : i + self.seq_len] for i in range(0, len(ids) - self.seq_len, self.seq_len)][:n]
             return [{"input_ids": c, "labels": c} for c in out]
 
         self.train, self.eval = chunks("train", self.config.n_train), chunks("test", self.config.n_eval)

@@ -43,8 +43,10 @@ class ToyClassification(Task):
             n = rng.randint(max(2, self.seq_len // 2), self.seq_len)
             low = rng.random() < 0.5
             bias = 0.75 if low else 0.25
-            ids = [rng.randrange(FIRST_SYMBOL, half) if rng.random() < bias else rng.randrange(half, vocab)
-                   for _ in range(n)]
+            ids = [
+                rng.randrange(FIRST_SYMBOL, half) if rng.random() < bias else rng.randrange(half, vocab)
+                for _ in range(n)
+            ]
             return {"input_ids": ids, "label": int(sum(i < half for i in ids) * 2 > n)}
 
         self.train = [make() for _ in range(self.config.n_train)]
@@ -110,7 +112,7 @@ class Reverse(Task):
         rng = random.Random(self.seed)
         seen: set[tuple[int, ...]] = set()
         examples = []
-        limit = cfg.alphabet ** cfg.length
+        limit = cfg.alphabet**cfg.length
         while len(examples) < min(cfg.n_train + cfg.n_eval, limit):
             sym = tuple(rng.randrange(FIRST_SYMBOL, FIRST_SYMBOL + cfg.alphabet) for _ in range(cfg.length))
             if sym in seen:
@@ -118,8 +120,14 @@ class Reverse(Task):
             seen.add(sym)
             prompt = [1, *sym, 3]
             target = list(reversed(sym))
-            examples.append({"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target,
-                             "prompt": prompt, "target": target})
+            examples.append(
+                {
+                    "input_ids": prompt + target,
+                    "labels": [IGNORE] * len(prompt) + target,
+                    "prompt": prompt,
+                    "target": target,
+                }
+            )
         n_eval = min(cfg.n_eval, len(examples) // 5)
         self.eval, self.train = examples[:n_eval], examples[n_eval:]
 
@@ -135,7 +143,7 @@ class Reverse(Task):
                 for _ in range(self.config.length):  # greedy, no cache: works for every method alike
                     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
                     ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-                preds.extend(ids[:, -self.config.length:].tolist())
+                preds.extend(ids[:, -self.config.length :].tolist())
                 refs.extend(e["target"] for e in chunk)
         em = exact_match(preds, refs)
         loss = lm_loss_eval(self, model, device, batch_size, autocast, self.eval)

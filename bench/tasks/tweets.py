@@ -71,7 +71,7 @@ def stratified_split(items: list[tuple[str, int]], n_train: int, n_eval: int, se
         n_e = n_eval - len(evals) if last else round(n_eval * share)
         n_t = n_train - len(train) if last else round(n_train * share)
         evals.extend(idx[:n_e])
-        train.extend(idx[n_e: n_e + n_t])
+        train.extend(idx[n_e : n_e + n_t])
     rng.shuffle(train)
     return train, sorted(evals)
 
@@ -102,8 +102,9 @@ class TweetSentiment(Task):
             return [{"input_ids": ids, "label": items[i][1]} for ids, i in zip(enc["input_ids"], idx)]
 
         self.train, self.eval = encode(train_idx), encode(eval_idx)
-        self.majority_baseline = max(sum(e["label"] for e in self.eval), sum(1 - e["label"] for e in self.eval)) \
-            / len(self.eval)
+        self.majority_baseline = max(sum(e["label"] for e in self.eval), sum(1 - e["label"] for e in self.eval)) / len(
+            self.eval
+        )
 
     def evaluate(self, model, device, batch_size, autocast) -> dict[str, float]:
         out = classification_eval(self, model, device, batch_size, autocast)
