@@ -50,6 +50,8 @@ def bottleneck_width(d: int, reduction_factor: int) -> int:
 
 
 class BottleneckAdapter(Method):
+    """Houlsby bottleneck adapters after attention and MLP output projections."""
+
     name = "adapter"
     config_cls = AdapterOptions
 

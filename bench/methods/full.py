@@ -9,6 +9,8 @@ from bench.methods.base import Method, MethodContext
 
 
 class FullFineTune(Method):
+    """Full fine-tuning: every parameter trains (the baseline)."""
+
     name = "full"
     quantized_base_ok = False
 

@@ -52,6 +52,8 @@ class LoraOptions(MethodConfig):
 
 
 class LoRA(PeftMethod):
+    """Low-rank adapters on the targeted linear layers (default all-linear)."""
+
     name = "lora"
     config_cls = LoraOptions
     extra: dict[str, Any] = {}
@@ -70,11 +72,15 @@ class LoRA(PeftMethod):
 
 
 class DoRA(LoRA):
+    """Weight-decomposed LoRA: magnitude vector plus low-rank direction update."""
+
     name = "dora"
     extra = {"use_dora": True}
 
 
 class RsLoRA(LoRA):
+    """Rank-stabilised LoRA: scaling alpha/sqrt(r) instead of alpha/r."""
+
     name = "rslora"
     extra = {"use_rslora": True}
 
@@ -137,6 +143,8 @@ class LycorisOptions(MethodConfig):
 
 
 class LoHa(PeftMethod):
+    """Low-rank Hadamard product adapters (LyCORIS)."""
+
     name = "loha"
     config_cls = LycorisOptions
 
@@ -149,6 +157,8 @@ class LoHa(PeftMethod):
 
 
 class LoKr(PeftMethod):
+    """Low-rank Kronecker product adapters (LyCORIS)."""
+
     name = "lokr"
     config_cls = LycorisOptions
 
@@ -168,6 +178,8 @@ class VeraOptions(MethodConfig):
 
 
 class VeRA(PeftMethod):
+    """Shared frozen random projections with trained scaling vectors."""
+
     name = "vera"
     config_cls = VeraOptions
 
@@ -186,6 +198,8 @@ class OftOptions(MethodConfig):
 
 
 class OFT(PeftMethod):
+    """Orthogonal fine-tuning: block-diagonal orthogonal rotation of weights."""
+
     name = "oft"
     config_cls = OftOptions
 
@@ -205,6 +219,8 @@ class BoftOptions(MethodConfig):
 
 
 class BOFT(PeftMethod):
+    """Butterfly orthogonal fine-tuning."""
+
     name = "boft"
     config_cls = BoftOptions
 

@@ -27,6 +27,8 @@ class PromptOptions(MethodConfig):
 
 
 class PromptTuning(PeftMethod):
+    """Trained soft-prompt embeddings prepended to the input."""
+
     name = "prompt"
     config_cls = PromptOptions
 
@@ -57,6 +59,8 @@ class PrefixOptions(MethodConfig):
 
 
 class PrefixTuning(PeftMethod):
+    """Trained key/value prefixes in every attention layer."""
+
     name = "prefix"
     config_cls = PrefixOptions
 
@@ -91,6 +95,8 @@ class PTuningOptions(MethodConfig):
 
 
 class PTuning(PeftMethod):
+    """P-tuning: virtual tokens produced by a trained MLP or LSTM prompt encoder."""
+
     name = "ptuning"
     config_cls = PTuningOptions
 
