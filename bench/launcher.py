@@ -74,6 +74,9 @@ class SpawnedCell:
 class SpawnLauncher:
     name = "spawn"
 
+    def start(self, env: dict[str, str]) -> None:
+        """Nothing to warm up: every cell pays its own start."""
+
     def launch(self, run_dir: Path, env: dict[str, str]) -> CellProcess:
         return SpawnedCell(run_dir, env)
 
@@ -132,9 +135,13 @@ class ForkServerLauncher:
                 self.pids.put(msg)
         self.pids.put({"error": f"fork server exited with code {proc.wait()}"})
 
-    def launch(self, run_dir: Path, env: dict[str, str]) -> CellProcess:
+    def start(self, env: dict[str, str]) -> None:
+        """Start the server before the first cell, so its import time is not charged to that cell."""
         if self.proc is None or self.proc.poll() is not None:
             self._start(env)
+
+    def launch(self, run_dir: Path, env: dict[str, str]) -> CellProcess:
+        self.start(env)  # restarts a server that died
         changed = {k: v for k, v in env.items() if os.environ.get(k) != v}  # per-cell settings (GPU index)
         self.proc.stdin.write(json.dumps({"run_dir": str(run_dir), "env": changed}) + "\n")
         self.proc.stdin.flush()

@@ -120,6 +120,9 @@ def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], 
                     )
         launcher_name = resolve_launcher(opts.launcher, backend is not None)
         launchers = {slot: make_launcher(launcher_name) for slot in slots}
+        if todo and opts.executor == "local":
+            for launcher in launchers.values():
+                launcher.start(dict(os.environ))
         env_parent = base_env()
         if backend is not None:
             env_parent.update(gpu_driver=backend.driver())
