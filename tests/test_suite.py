@@ -136,3 +136,24 @@ def test_entries_override_training_defaults_method_over_task_over_model(tmp_path
     assert (full.steps, full.batch_size, full.seq_len, full.lr) == (200, 32, 8, 0.001)
     assert (lora.steps, lora.lr) == (300, 0.005)
     assert full.task_options == {"length": 3} and lora.method_options == {}
+
+
+def test_trust_remote_code_is_off_unless_the_suite_sets_it(tmp_path, monkeypatch):
+    import transformers
+
+    from bench import models
+
+    seen = []
+
+    def fake_from_pretrained(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    for options in ({}, {"trust_remote_code": True}):
+        with pytest.raises(RuntimeError, match="stop here"):
+            models.load_model("org/some-model", "causal_lm", None, 0, {}, options)
+    assert seen == [False, True]
+    bad = make_suite(tmp_path, {"model": [{"name": "tiny-llama", "trust_remote_cod": True}]})
+    with pytest.raises(SuiteError, match="unknown model option"):
+        load_suite(bad)
