@@ -16,11 +16,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from bench.errors import Unsupported
+from bench.errors import Unsupported, looks_like_oom
 from bench.spec import RunSpec
 
 HEAVY_MODULES = ("peft", "bitsandbytes", "datasets", "evaluate")  # imported only by the cells that use them
-OOM_TEXT = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -73,7 +72,7 @@ def run_cell(run_dir: Path) -> dict[str, Any]:
         result["error"] = {"type": "Unsupported", "message": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - every failure must become a record
         text = f"{type(exc).__name__}: {exc}"
-        result["status"] = "oom" if any(s in text for s in OOM_TEXT) else "failed"
+        result["status"] = "oom" if looks_like_oom(text) else "failed"
         result["error"] = {
             "type": type(exc).__name__,
             "message": str(exc)[:2000],

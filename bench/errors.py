@@ -1,5 +1,12 @@
 """Exceptions that carry meaning across the harness."""
 
+OOM_TEXT = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def looks_like_oom(text: str) -> bool:
+    """True when an error message or stderr tail is a device out-of-memory failure."""
+    return any(s in text for s in OOM_TEXT)
+
 
 class Unsupported(Exception):
     """This cell cannot run as labelled here (hardware, model or method limits); recorded as `unsupported`."""

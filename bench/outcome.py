@@ -13,9 +13,9 @@ from typing import Any
 
 from bench import nvml
 from bench.envinfo import base_env
+from bench.errors import looks_like_oom
 from bench.spec import RunSpec
 
-OOM_TEXT = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
 STDERR_TAIL_LINES = 50
 
 
@@ -76,7 +76,7 @@ def build_record(
     elif child.get("status"):
         status = child["status"]
     else:
-        status = "oom" if any(s in tail for s in OOM_TEXT) else "failed"
+        status = "oom" if looks_like_oom(tail) else "failed"
         if rc is not None and rc < 0:
             sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
             error = {"type": "signal", "signal": -rc, "message": f"child killed by signal {-rc} ({sig})"}

@@ -153,9 +153,13 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- formatting ---------------------------------------------------------------------------------------------
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def fmt_num(x: Any) -> str:
     """3 significant digits, thousands separators, '-' for missing."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if _missing(x):
         return "-"
     x = float(x)
     if x == 0:
@@ -165,7 +169,7 @@ def fmt_num(x: Any) -> str:
 
 
 def fmt_bytes(n: Any) -> str:
-    if n is None or (isinstance(n, float) and math.isnan(n)):
+    if _missing(n):
         return "-"
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -176,11 +180,11 @@ def fmt_bytes(n: Any) -> str:
 
 
 def fmt_ratio(x: Any) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{fmt_num(x)}×"
+    return "-" if _missing(x) else f"{fmt_num(x)}×"
 
 
 def fmt_delta(x: Any) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{'+' if x >= 0 else ''}{fmt_num(x)}"
+    return "-" if _missing(x) else f"{'+' if x >= 0 else ''}{fmt_num(x)}"
 
 
 def escape(text: Any) -> str:

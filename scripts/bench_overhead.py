@@ -36,28 +36,25 @@ CELL = {
 }
 
 
+LORA = {"name": "lora", "r": 8, "alpha": 16}
+
+
 def bare_tokens_per_s(steps: int) -> float:
-    """The plain loop of bench/selfcheck.py (no harness code), in its own process, on the same cell."""
+    """The plain loop of bench/selfcheck.py (no harness code), in its own process, on the same cell as CELL."""
     from bench.selfcheck import run_bare
     from bench.spec import RunSpec
 
+    fixed = {k: v for k, v in CELL.items() if k != "task"}
     spec = RunSpec(
         suite="overhead",
-        model="tiny-llama",
-        task="random-lm",
-        method="lora",
-        precision="fp32",
-        grad_accum=1,
-        batch_size=8,
+        task=CELL["task"]["name"],
+        method=LORA["name"],
         steps=steps,
         warmup_steps=10,
-        seq_len=64,
-        lr=0.001,
-        seed=0,
         timeout_s=600,
-        device="cpu",
-        task_options={"n_train": 256, "n_eval": 16},
-        method_options={"r": 8, "alpha": 16},
+        task_options={k: v for k, v in CELL["task"].items() if k != "name"},
+        method_options={k: v for k, v in LORA.items() if k != "name"},
+        **fixed,
     )
     return run_bare(spec)["tokens_per_s"]
 
@@ -104,14 +101,14 @@ def main() -> None:
         for i in range(args.rounds):  # interleaved, so drift in machine speed hits all three alike
             speeds["bare"].append(bare_tokens_per_s(args.steps))
             for launcher in ("spawn", "fork-server"):
-                _, (rec,) = run_suite(tmp / f"r{i}", "speed", [{"name": "lora", "r": 8}], args.steps, launcher)
+                _, (rec,) = run_suite(tmp / f"r{i}", "speed", [LORA], args.steps, launcher)
                 speeds[launcher].append(rec["metrics"]["tokens_per_s"])
         bare = statistics.median(speeds["bare"])
         result["bare_tokens_per_s"] = bare
         result["tokens_per_s_rounds"] = speeds
         for launcher in ("spawn", "fork-server"):
             tps = statistics.median(speeds[launcher])
-            methods = [{"name": "lora", "r": 8, "label": f"lora-{i}"} for i in range(args.cells)]
+            methods = [{**LORA, "label": f"lora-{i}"} for i in range(args.cells)]
             wall, recs = run_suite(tmp, "overhead", methods, 1, launcher)
             over = [r["duration_s"] - r["timings"]["time_train_s"] - r["timings"]["time_eval_s"] for r in recs]
             paired = [h / b for h, b in zip(speeds[launcher], speeds["bare"])]
