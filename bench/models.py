@@ -1,65 +1,28 @@
-"""Model sources: named configs with random weights (CI), the offline MiniLM cache, local paths, hub ids."""
+"""Model sources and loading: named configs, `config.json` files, local directories, hub ids, each with real
+weights or (`weights: random`) only its configuration and seeded random weights.
+
+Random-weight models are built directly on the cell's device in the dtype the precision plan stores the base in,
+with the constructors' own initialisation switched off and transformers' initialisation run once there (on a GPU
+that takes milliseconds instead of half a minute of CPU work). Quantized bases are quantized in memory by
+transformers' bitsandbytes path (`from_pretrained(None, state_dict=...)`), never through a temporary directory.
+"""
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import assets
+from bench.model_configs import CONFIG_KINDS, CONFIGS
 from bench.options import suggest
 
 KINDS = ("causal_lm", "seq_cls")
-
-# Named configs: built with random weights from a seeded generator; dropout off so runs are exact.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny-llama": dict(
-        model_type="llama",
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    ),
-    "tiny-bert": dict(
-        model_type="bert",
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=0,
-    ),
-    # Llama-3.2-1B shape for GPU suites without hub access: memory and speed real, scores not meaningful.
-    "llama-1b-shape": dict(
-        model_type="llama",
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=4096,
-        rope_theta=500000.0,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=True,
-    ),
-}
-CONFIG_KINDS = {"tiny-llama": KINDS, "tiny-bert": ("seq_cls",), "llama-1b-shape": KINDS}
 CACHED = {"minilm-l6": assets.minilm_dir}
 NAMED = sorted([*CONFIGS, *CACHED])
+WEIGHTS = ("pretrained", "random")
+MODEL_OPTIONS = ("trust_remote_code", "revision", "weights")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -72,27 +35,45 @@ TOKENIZER_FILES = (
 
 @dataclass(frozen=True)
 class ModelSource:
-    kind: str  # "config" | "dir" | "hub"
-    ref: str  # config name, directory, or hub id
+    kind: str  # "config" (named) | "config_file" | "dir" | "hub"
+    ref: str  # config name, file, directory or hub id
     random_weights: bool
 
 
-def resolve_source(name: str) -> ModelSource:
-    """Map a suite's model entry to where its weights come from; ValueError with choices if unknown."""
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_source(name: str, options: dict[str, Any] | None = None) -> ModelSource:
+    """Map a suite's model entry to where its config and weights come from; ValueError naming the choices."""
+    weights = (options or {}).get("weights", "pretrained")
+    if weights not in WEIGHTS:
+        raise ValueError(f"model {name!r}: weights {weights!r} is not one of {', '.join(WEIGHTS)}")
+    random = weights == "random"
     if name in CONFIGS:
         return ModelSource("config", name, True)
     if name in CACHED:
         path = CACHED[name]()
         if not (path / "config.json").exists():
             raise ValueError(assets.missing_message(path))
-        return ModelSource("dir", str(path), False)
-    if Path(name).expanduser().is_dir():
-        return ModelSource("dir", str(Path(name).expanduser().resolve()), False)
-    if "/" in name and not name.startswith((".", "/", "~")):
-        return ModelSource("hub", name, False)
+        return ModelSource("dir", str(path), random)
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".json":
+            raise ValueError(f"model {name!r}: a model file must be a config .json (or give a directory)")
+        if "weights" in (options or {}) and not random:
+            raise ValueError(f"model {name!r}: a config file has no weights; use weights: random (the default here)")
+        return ModelSource("config_file", str(path.resolve()), True)
+    if path.is_dir():
+        return ModelSource("dir", str(path.resolve()), random)
+    if "/" in name and not name.startswith((".", "/", "~")) and not name.endswith(".json"):
+        return ModelSource("hub", name, random)
     raise ValueError(
         f"unknown model {name!r}{suggest(name, NAMED)}; use a named model ({', '.join(NAMED)}), "
-        "an existing local directory, or a hub id like org/name"
+        "a config .json file, an existing local directory, or a hub id like org/name"
     )
 
 
@@ -100,41 +81,132 @@ def supported_kinds(name: str) -> tuple[str, ...]:
     return CONFIG_KINDS.get(name, KINDS)
 
 
-def auto_class(kind: str):
+def auto_class(kind: str) -> Any:
     import transformers
 
     return transformers.AutoModelForCausalLM if kind == "causal_lm" else transformers.AutoModelForSequenceClassification
 
 
-def load_model(
-    name: str, kind: str, num_labels: int | None, seed: int, load_kwargs: dict[str, Any], options: dict[str, Any]
-):
-    """Build or load the model and its tokenizer (None for named configs). `load_kwargs` carry dtype/quantization."""
-    import torch
+def _hub_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"trust_remote_code": bool(options.get("trust_remote_code", False))}
+    if options.get("revision"):
+        out["revision"] = options["revision"]
+    return out
+
+
+def load_config(source: ModelSource, kind: str, num_labels: int | None, options: dict[str, Any]) -> tuple[Any, dict]:
+    """(transformers config, where it came from) without touching any weights."""
     import transformers
 
-    source = resolve_source(name)
-    cls = auto_class(kind)
-    label_kwargs = {"num_labels": num_labels} if kind == "seq_cls" else {}
-    common = dict(trust_remote_code=bool(options.get("trust_remote_code", False)))
-    if options.get("revision"):
-        common["revision"] = options["revision"]
+    labels = {"num_labels": num_labels} if kind == "seq_cls" else {}
     if source.kind == "config":
-        cfg = transformers.AutoConfig.for_model(**CONFIGS[name], **label_kwargs)
-        torch.manual_seed(seed)
-        model = cls.from_config(cfg)
-        if not load_kwargs:
-            return model, None
-        # Quantized / reduced-precision bases go through the real from_pretrained path.
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)
-            return cls.from_pretrained(tmp, **load_kwargs), None
-    model = cls.from_pretrained(source.ref, **label_kwargs, **load_kwargs, **common)
+        return transformers.AutoConfig.for_model(**CONFIGS[source.ref], **labels), {"config_source": "named"}
+    if source.kind == "config_file":
+        text = Path(source.ref).read_text()
+        cfg = transformers.AutoConfig.from_pretrained(source.ref, **labels)
+        return cfg, {"config_source": source.ref, "config_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    cfg = transformers.AutoConfig.from_pretrained(source.ref, **labels, **_hub_kwargs(options))
+    info: dict[str, Any] = {"config_source": source.ref}
+    if source.kind == "dir":
+        info["config_sha256"] = hashlib.sha256((Path(source.ref) / "config.json").read_bytes()).hexdigest()[:16]
+    else:
+        info["config_revision"] = getattr(cfg, "_commit_hash", None) or options.get("revision")
+    return cfg, info
+
+
+def build_random(cls: Any, cfg: Any, device: str, dtype: str, seed: int) -> Any:
+    """Seeded random weights built on `device` in `dtype`, initialised once (constructor inits switched off)."""
+    import torch
+    from transformers.initialization import no_init_weights
+
+    with torch.device(device), no_init_weights():
+        model = cls.from_config(cfg, dtype=getattr(torch, dtype))
+    torch.manual_seed(seed)
+    if device != "meta":
+        model.init_weights()
+    else:
+        model.tie_weights()
+    return model
+
+
+def quantize_in_memory(model: Any, cfg: Any, quant: Any, device: str) -> Any:
+    """The same model as a bitsandbytes-quantized base, through transformers' real loading path, in memory."""
+    import torch
+
+    state = model.state_dict()
+    target = {"": 0} if device == "cuda" else {"": "cpu"}
+    return type(model).from_pretrained(
+        None, config=cfg, state_dict=state, quantization_config=quant, dtype=torch.bfloat16, device_map=target
+    )
+
+
+def load_model(
+    name: str,
+    kind: str,
+    num_labels: int | None,
+    seed: int,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quant: Any = None,
+    options: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Build or load the model (on `device`, base stored as `dtype`, quantized by `quant`) and its tokenizer."""
+    options = options or {}
+    source = resolve_source(name, options)
+    cls = auto_class(kind)
+    info: dict[str, Any] = {"source": source.kind, "random_weights": source.random_weights}
+    if source.random_weights:
+        cfg, where = load_config(source, kind, num_labels, options)
+        model = build_random(cls, cfg, device, "bfloat16" if quant is not None else dtype, seed)
+        if quant is not None:
+            model = quantize_in_memory(model, cfg, quant, device)
+        info.update(where)
+    else:
+        model = _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, options)
+    tokenizer = _tokenizer(source, options)
+    if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    info.update({"class": type(model).__name__, "has_tokenizer": tokenizer is not None})
+    return LoadedModel(model, tokenizer, info)
+
+
+def _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, options) -> Any:
+    import torch
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), **_hub_kwargs(options)}
+    if kind == "seq_cls":
+        kwargs["num_labels"] = num_labels
+    if quant is not None:
+        kwargs.update(
+            quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0 if device == "cuda" else "cpu"}
+        )
+    elif device != "cpu":
+        kwargs["device_map"] = {"": device}
+    return cls.from_pretrained(source.ref, **kwargs)
+
+
+def _tokenizer(source: ModelSource, options: dict[str, Any]) -> Any:
+    """The model's tokenizer where it has one (None for named configs, config files and bare weight folders)."""
+    if source.kind in ("config", "config_file"):
+        return None
     if source.kind == "dir" and not any((Path(source.ref) / f).exists() for f in TOKENIZER_FILES):
-        return model, None  # weights only: transformers would otherwise invent an empty tokenizer
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source.ref, **common)
+        return None  # weights only: transformers would otherwise invent an empty tokenizer
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.ref, **_hub_kwargs(options))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return tokenizer
+
+
+def parameter_count(name: str, kind: str, num_labels: int | None, options: dict[str, Any]) -> tuple[int | None, str]:
+    """(parameters, '') from the config alone, built on the meta device; (None, why) when the config is out of
+    reach (e.g. a hub id offline)."""
+    try:
+        source = resolve_source(name, options)
+        cfg, _ = load_config(source, kind, num_labels, options)
+        model = build_random(auto_class(kind), cfg, "meta", "bfloat16", 0)
+    except Exception as exc:  # offline hub, unknown architecture, ...
+        return None, f"{type(exc).__name__}: {str(exc)[:160]}"
+    return sum(p.numel() for p in model.parameters()), ""

@@ -26,7 +26,7 @@ def parse_options(cls: type, options: dict[str, Any], where: str) -> tuple[Any, 
             choices = ", ".join(valid) or "none"
             problems.append(f"{where}.{key}: unknown option{suggest(key, valid)}; valid: {choices}")
             continue
-        err = _type_error(value, hints[key])
+        err = type_error(value, hints[key])
         if err:
             problems.append(f"{where}.{key}: {err}")
         else:
@@ -39,13 +39,13 @@ def parse_options(cls: type, options: dict[str, Any], where: str) -> tuple[Any, 
         return None, [f"{where}: {exc}"]
 
 
-def _type_error(value: Any, hint: Any) -> str | None:
+def type_error(value: Any, hint: Any) -> str | None:
     origin = get_origin(hint)
     if origin is Literal:
         choices = get_args(hint)
         return None if value in choices else f"{value!r} is not one of {', '.join(map(repr, choices))}"
     if origin in (typing.Union, types.UnionType):
-        errors = [_type_error(value, arg) for arg in get_args(hint)]
+        errors = [type_error(value, arg) for arg in get_args(hint)]
         return None if any(e is None for e in errors) else f"{value!r} does not fit {_name(hint)}"
     if hint is type(None):
         return None if value is None else "expected null"
@@ -54,7 +54,7 @@ def _type_error(value: Any, hint: Any) -> str | None:
             return f"expected a list, got {type(value).__name__} {value!r}"
         (item,) = get_args(hint)[:1] or (Any,)
         for v in value:
-            if item is not Any and (e := _type_error(v, item)):
+            if item is not Any and (e := type_error(v, item)):
                 return e
         return None
     if hint is Any:

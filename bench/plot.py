@@ -9,6 +9,15 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report_frame import memory_column
+
+MEMORY_LABELS = {
+    "train_peak_nvml_process_mib": "training peak of the cell's processes, NVML (MiB)",
+    "peak_nvml_mib": "peak GPU memory, NVML (MiB)",
+    "torch_peak_allocated_mib": "peak torch allocated (MiB)",
+    "peak_rss_mib": "peak process RSS (MiB; CPU run, no GPU)",
+}
+
 
 def pareto_front(points: list[tuple[float, float]], x_higher_better: bool, y_higher_better: bool = True) -> list[int]:
     """Indices of points no other point beats on both axes, ordered by x."""
@@ -28,12 +37,8 @@ def pareto_front(points: list[tuple[float, float]], x_higher_better: bool, y_hig
 
 def _panels(df: pd.DataFrame) -> list[dict[str, Any]]:
     ok = df[df["status"] == "success"]
-    if ok["peak_nvml_mib"].notna().any():
-        mem, mem_label = "peak_nvml_mib", "peak GPU memory, NVML (MiB)"
-    elif ok["torch_peak_allocated_mib"].notna().any():
-        mem, mem_label = "torch_peak_allocated_mib", "peak torch allocated (MiB)"
-    else:
-        mem, mem_label = "peak_rss_mib", "peak process RSS (MiB; CPU run, no GPU)"
+    mem = memory_column(ok)
+    mem_label = MEMORY_LABELS[mem]
     panels = []
     for x, x_label, higher in ((mem, mem_label, False), ("tokens_per_s", "tokens/s (timed steps)", True)):
         sub = ok[ok[x].notna() & ok["score_after"].notna()]

@@ -22,13 +22,19 @@ class PrecisionPlan:
     mixed_precision: str  # accelerate's: "no" | "fp16" | "bf16"
     half_dtype: str | None  # dtype of frozen (non-quantized) base weights, None = keep fp32
     quantized: bool
+    emulated: bool = False  # bf16 compute on a CPU without native bf16 (suite opted in)
 
     @property
     def compute_dtype(self) -> str:
         return {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.mixed_precision]
 
+    def storage_dtype(self, trains_base: bool) -> str:
+        """dtype to build or load a non-quantized base in: the half type unless the method trains the base
+        weights themselves (those keep fp32 master weights)."""
+        return "float32" if trains_base or self.half_dtype is None else self.half_dtype
 
-def plan_precision(name: str, device: str) -> PrecisionPlan:
+
+def plan_precision(name: str, device: str, allow_emulated: bool = False) -> PrecisionPlan:
     """The plan for `name` on `device` ("cpu" | "cuda"); Unsupported where it cannot be honoured."""
     if name == "fp32":
         return PrecisionPlan(name, "no", None, False)
@@ -45,20 +51,38 @@ def plan_precision(name: str, device: str) -> PrecisionPlan:
 
             if not torch.cuda.is_bf16_supported():
                 raise Unsupported(f"bf16 is not supported on {torch.cuda.get_device_name()}")
-        return PrecisionPlan(name, "bf16", "bfloat16", False)
+        return PrecisionPlan(name, "bf16", "bfloat16", False, _emulated_bf16(name, device, allow_emulated))
     if name in QUANTIZED:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise Unsupported(f"{name} needs bitsandbytes, which does not import here: {exc}") from exc
-        return PrecisionPlan(name, "bf16", None, True)
+        return PrecisionPlan(name, "bf16", None, True, _emulated_bf16(name, device, allow_emulated))
     raise ValueError(f"unknown precision {name!r}")
 
 
-def load_kwargs(plan: PrecisionPlan, device: str, model_kind: str) -> dict[str, Any]:
-    """from_pretrained arguments for the base: quantization config where the plan is quantized."""
+def _emulated_bf16(name: str, device: str, allow_emulated: bool) -> bool:
+    """False where bf16 compute is native; True where the suite opted into emulation; else Unsupported."""
+    if device != "cpu":
+        return False
+    from bench.cpuinfo import facts
+
+    cpu = facts()
+    if cpu.native_bf16:
+        return False
+    if not allow_emulated:
+        what = "computes in bf16" if name == "bf16" else f"computes in bf16 (its {name} base dequantizes to bf16)"
+        raise Unsupported(
+            f"precision {name} {what}, but {cpu.missing_bf16()}; "
+            "set allow_emulated_precision: true in the suite to run it anyway (recorded emulated: true)"
+        )
+    return True
+
+
+def quantization_config(plan: PrecisionPlan, model_kind: str) -> Any:
+    """The bitsandbytes config of a quantized plan (None otherwise)."""
     if not plan.quantized:
-        return {}
+        return None
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -73,7 +97,7 @@ def load_kwargs(plan: PrecisionPlan, device: str, model_kind: str) -> dict[str, 
         )
     else:
         qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    return {"quantization_config": qc, "dtype": torch.float32, "device_map": {"": 0 if device == "cuda" else "cpu"}}
+    return qc
 
 
 def cast_frozen(model: Any, plan: PrecisionPlan) -> None:
@@ -113,6 +137,7 @@ def dtype_report(model: Any, plan: PrecisionPlan) -> dict[str, Any]:
         "trainable_weight_dtype": trainable.most_common(1)[0][0] if trainable else None,
         "compute_dtype": plan.compute_dtype,
         "quantized_layers": quant,
+        "emulated": plan.emulated,
     }
 
 

@@ -1,5 +1,7 @@
-"""The timed training loop: accelerate for mixed precision, token-weighted gradient accumulation, warm-up
-steps excluded from timing, and a device synchronize before every clock read."""
+"""The timed training loop: the plain loop a user would write (torch autocast, AdamW, fused on CUDA, the model's
+own causal-LM loss), token-weighted gradient accumulation, warm-up steps excluded from timing, and a device
+synchronize before every clock read.
+"""
 
 from __future__ import annotations
 
@@ -16,74 +18,120 @@ from bench.precision import PrecisionPlan
 class TrainStats:
     losses: list[float] = field(default_factory=list)  # one per optimizer step, effective-batch mean
     step_times_s: list[float] = field(default_factory=list)  # timed (post-warm-up) steps only
-    timed_tokens: int = 0  # non-padding tokens processed in timed steps
+    timed_tokens: int = 0  # real (non-padding) tokens processed in timed steps
+    timed_padded_tokens: int = 0  # tokens including padding (what the device computed on)
     timed_samples: int = 0
     skipped_steps: int = 0  # optimizer steps the fp16 scaler skipped for inf/nan gradients
+    shapes: set[tuple[int, ...]] = field(default_factory=set)  # input shapes seen (fixed-shape data: one per micro)
 
 
-def make_accelerator(plan: PrecisionPlan, device: str) -> Any:
-    from accelerate import Accelerator
-
-    return Accelerator(mixed_precision=plan.mixed_precision, cpu=device == "cpu")
-
-
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device == "cuda":
         import torch
 
         torch.cuda.synchronize()
 
 
-def train(model: Any, task: Any, spec: Any, method: Any, accelerator: Any, device: str) -> TrainStats:
-    """Run `spec.steps` optimizer steps of `spec.batch_size` examples split into `spec.grad_accum` micro-batches.
-
-    Each micro-batch contributes loss_sum / (targets in the whole effective batch), so the gradient equals the
-    one of the full batch whatever the split (padding-aware token averaging for causal LM).
-    """
+def autocast_for(plan: PrecisionPlan, device: str) -> Any:
+    """A fresh autocast context factory for the plan (a no-op for fp32)."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    # accelerate's optimizer wrapper carries the fp16 gradient scaler; elsewhere it only adds per-step overhead
-    # (~60 us measured on CPU), which tiny cells would show as lost throughput.
-    scaled = accelerator.mixed_precision == "fp16"
-    if scaled:
-        optimizer = accelerator.prepare(optimizer)
-    backward = accelerator.backward if scaled else torch.Tensor.backward
-    autocast = accelerator.autocast if accelerator.mixed_precision != "no" else nullcontext
+    if plan.mixed_precision == "no":
+        return nullcontext
+    dtype = torch.float16 if plan.mixed_precision == "fp16" else torch.bfloat16
+    return lambda: torch.autocast(device_type=device, dtype=dtype)
+
+
+def make_optimizer(params: list[Any], lr: float, device: str) -> Any:
+    import torch
+
+    fused = device == "cuda" and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
+
+
+def input_casting_off(model: Any, plan: PrecisionPlan) -> Any:
+    """peft casts every adapter input to the adapter's fp32 dtype; under autocast that is a wasted activation copy
+    per adapted layer (the matmul runs in the autocast dtype anyway). peft's own switch turns it off."""
+    import sys
+
+    if plan.mixed_precision == "no" or "peft" not in sys.modules:  # no peft layers without peft imported
+        return nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
+
+
+@dataclass
+class Step:
+    """What one micro-batch forward needs: the batch on the device and the effective batch's target count."""
+
+    batch: dict[str, Any]
+    total_targets: int
+
+
+def train(model: Any, task: Any, spec: Any, method: Any, plan: PrecisionPlan, device: str, marks: Any) -> TrainStats:
+    """`spec.steps` optimizer steps of `spec.batch_size` examples split into `spec.grad_accum` micro-batches.
+
+    Each micro-batch contributes loss_sum / (targets in the whole effective batch), so the gradient equals the one
+    of the full batch whatever the split. `marks.start/end("train_timed")` bracket the timed steps."""
+    import torch
+
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.lr, device)
+    scaler = torch.amp.GradScaler(device) if plan.mixed_precision == "fp16" else None
+    autocast = autocast_for(plan, device)
     model.train()
     stats = TrainStats()
     batches = task.train_batches(spec.batch_size)
-    micro = spec.micro_batch
-    for step in range(spec.steps):
-        examples = next(batches)
-        micro_batches = [task.collate(examples[i : i + micro]) for i in range(0, len(examples), micro)]
-        total_targets = sum(task.target_count(b) for b in micro_batches)
-        timed = step >= spec.warmup_steps
-        _sync(device)
-        t0 = time.perf_counter()
-        step_loss = torch.zeros((), device=device)
-        for batch in micro_batches:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = task.loss_sum(logits, batch) / max(total_targets, 1)
-            backward(loss)
-            step_loss += loss.detach()
-        optimizer.step()
-        method.after_optimizer_step(model, step)  # part of the method's cost, so inside the timed step
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        elapsed = time.perf_counter() - t0
-        if getattr(optimizer, "step_was_skipped", False):
-            stats.skipped_steps += 1
-        step_loss = float(step_loss)
-        stats.losses.append(step_loss if math.isfinite(step_loss) else float("nan"))
-        if timed:
-            stats.step_times_s.append(elapsed)
-            stats.timed_tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
-            stats.timed_samples += len(examples)
+    with input_casting_off(model, plan):
+        for step in range(spec.steps):
+            micro = task.micro_batches(next(batches), spec.micro_batch)
+            total = sum(task.target_count(b, method.prepends_tokens) for b in micro)
+            timed = step >= spec.warmup_steps
+            if timed and step == spec.warmup_steps:
+                marks.start("train_timed")
+            sync(device)
+            t0 = time.perf_counter()
+            step_loss = torch.zeros((), device=device)
+            for batch in micro:
+                on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast():
+                    loss = method.loss(model, task, Step(on_device, total))
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += loss.detach()
+            _optimizer_step(optimizer, scaler, stats)
+            method.after_optimizer_step(model, step)  # part of the method's cost, so inside the timed step
+            optimizer.zero_grad(set_to_none=True)
+            sync(device)
+            elapsed = time.perf_counter() - t0
+            _account(stats, step_loss, micro, timed, elapsed)
+    if spec.steps > spec.warmup_steps:
+        marks.end("train_timed")
     return stats
+
+
+def _optimizer_step(optimizer: Any, scaler: Any, stats: TrainStats) -> None:
+    if scaler is None:
+        optimizer.step()
+        return
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    if scaler.get_scale() < scale:  # the scaler lowers its scale exactly when it skipped the step
+        stats.skipped_steps += 1
+
+
+def _account(stats: TrainStats, step_loss: Any, micro: list[dict[str, Any]], timed: bool, elapsed: float) -> None:
+    value = float(step_loss)
+    stats.losses.append(value if math.isfinite(value) else float("nan"))
+    for b in micro:
+        stats.shapes.add(tuple(b["input_ids"].shape))
+    if timed:
+        stats.step_times_s.append(elapsed)
+        for b in micro:
+            mask = b.get("attention_mask")
+            stats.timed_tokens += int(mask.sum()) if mask is not None else b["input_ids"].numel()
+            stats.timed_padded_tokens += b["input_ids"].numel()
+            stats.timed_samples += b["input_ids"].shape[0]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -96,15 +144,34 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+THROUGHPUT_KEYS = (
+    "tokens_per_s",
+    "padded_tokens_per_s",
+    "samples_per_s",
+    "step_time_p50_s",
+    "step_time_p90_s",
+    "step_time_mean_s",
+)
+
+
 def throughput_metrics(stats: TrainStats) -> tuple[dict[str, Any], dict[str, str]]:
     """Throughput and step-time percentiles from timed steps; missing reasons where there were none."""
     total = sum(stats.step_times_s)
+    base = {
+        "timed_steps": len(stats.step_times_s),
+        "timed_tokens": stats.timed_tokens,
+        "timed_padded_tokens": stats.timed_padded_tokens,
+        "skipped_steps": stats.skipped_steps,
+        "final_loss": stats.losses[-1] if stats.losses else None,
+        "distinct_batch_shapes": len(stats.shapes),
+    }
     if not stats.step_times_s or total <= 0:
         reason = "no timed steps: steps <= warmup_steps"
-        keys = ("tokens_per_s", "samples_per_s", "step_time_p50_s", "step_time_p90_s", "step_time_mean_s")
-        return {k: None for k in keys}, {k: reason for k in keys}
+        return {**base, **{k: None for k in THROUGHPUT_KEYS}}, {k: reason for k in THROUGHPUT_KEYS}
     return {
+        **base,
         "tokens_per_s": stats.timed_tokens / total,
+        "padded_tokens_per_s": stats.timed_padded_tokens / total,
         "samples_per_s": stats.timed_samples / total,
         "step_time_p50_s": percentile(stats.step_times_s, 50),
         "step_time_p90_s": percentile(stats.step_times_s, 90),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Harness overhead on this machine, in one run:
 
-(a) the bare training loop of bench/selfcheck.py (plain PyTorch + peft, no harness code) on the same tiny cell;
+(a) the bare training loop of bench/bareloop.py (plain PyTorch + peft, no harness code) on the same tiny cell;
 (b) the same cell through the harness with each launcher (spawn, fork-server): tokens/s ratio harness/bare;
 (c) 10 one-step tiny cells per launcher: per-cell overhead = cell wall - (train + eval), and the whole
     `peft-bench run` wall per cell, runner start-up included.
@@ -40,7 +40,7 @@ LORA = {"name": "lora", "r": 8, "alpha": 16}
 
 
 def bare_tokens_per_s(steps: int) -> float:
-    """The plain loop of bench/selfcheck.py (no harness code), in its own process, on the same cell as CELL."""
+    """The plain loop of bench/bareloop.py (no harness code), in its own process, on the same cell as CELL."""
     from bench.selfcheck import run_bare
     from bench.spec import RunSpec
 
@@ -56,7 +56,8 @@ def bare_tokens_per_s(steps: int) -> float:
         method_options={k: v for k, v in LORA.items() if k != "name"},
         **fixed,
     )
-    return run_bare(spec)["tokens_per_s"]
+    res = run_bare(spec)
+    return res["tokens_per_step"] * len(res["step_times_s"]) / sum(res["step_times_s"])
 
 
 def run_suite(tmp: Path, name: str, methods: list, steps: int, launcher: str) -> tuple[float, list[dict]]:

@@ -14,6 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = Path(__file__).parent / "plugins"
+sys.path.insert(0, str(Path(__file__).parent / "fakes"))  # test fakes, reached through their injection points
 
 BASE_DEFAULTS = {
     "steps": 4,
@@ -63,7 +64,7 @@ def fault_plugin_path(tmp_path: Path) -> Path:
         dist = site / "faultplugin-0.0.1.dist-info"
         dist.mkdir()
         (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: faultplugin\nVersion: 0.0.1\n")
-        names = ["oom", "sleep", "slow", "crash", "patch", "check"]
+        names = ["oom", "sleep", "slow", "crash", "patch", "check", "stray", "linger", "badsave"]
         eps = "\n".join(f"fault-{n} = faultplugin.methods:Fault{n.capitalize()}" for n in names)
         (dist / "entry_points.txt").write_text(f"[peft_bench.methods]\n{eps}\n")
     return site
@@ -101,11 +102,8 @@ SPEC_BASE = {
 
 def run_cell_inproc(run_dir: Path, **overrides: Any) -> dict[str, Any]:
     """Run one cell in this process (no spawn cost) through the child's own entry point."""
-    from accelerate.state import AcceleratorState
+    from bench.cell import run_cell
 
-    from bench.child import run_cell
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate's singleton; fresh in a real child
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.json").write_text(json.dumps({**SPEC_BASE, **overrides}))
     return run_cell(run_dir)

@@ -19,15 +19,12 @@ class Applied:
 
 
 def build(model_name: str, method_name: str, options: dict | None = None, precision: str = "fp32") -> Applied:
-    from accelerate.state import AcceleratorState
-
     from bench import registry
     from bench.methods.base import MethodContext
     from bench.models import load_model
     from bench.options import parse_options
     from bench.spec import RunSpec
 
-    AcceleratorState._reset_state(reset_partial_state=True)
     task_name = TASK_FOR[model_name]
     task_cls = registry.load("task", task_name)
     method_cls = registry.load("method", method_name)
@@ -46,7 +43,8 @@ def build(model_name: str, method_name: str, options: dict | None = None, precis
         seed=0,
         timeout_s=60,
     )
-    model, tok = load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0, {}, {})
+    loaded = load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0)
+    model, tok = loaded.model, loaded.tokenizer
     task = task_cls(task_cls.config_cls(n_train=16, n_eval=8), spec.seq_len, 0)
     task.load(tok, model.config)
     cfg, problems = parse_options(method_cls.config_cls, options or {}, "method")
@@ -62,14 +60,15 @@ def fresh_base(model_name: str) -> Any:
     from bench.models import load_model
 
     task_cls = registry.load("task", TASK_FOR[model_name])
-    return load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0, {}, {})[0]
+    return load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0).model
 
 
 def train_steps(a: Applied) -> None:
+    from bench.phases import PhaseClock
     from bench.precision import plan_precision
-    from bench.train import make_accelerator, train
+    from bench.train import train
 
-    train(a.model, a.task, a.spec, a.method, make_accelerator(plan_precision("fp32", "cpu"), "cpu"), "cpu")
+    train(a.model, a.task, a.spec, a.method, plan_precision("fp32", "cpu"), "cpu", PhaseClock(None))
 
 
 def logits(a_model: Any, task: Any) -> Any:
@@ -78,4 +77,4 @@ def logits(a_model: Any, task: Any) -> Any:
     batch = task.collate(task.eval)
     a_model.eval()
     with torch.no_grad():
-        return a_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return a_model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits

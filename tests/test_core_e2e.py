@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import records
+from bench import store as records
 from bench.runner import RunOptions, run_specs
 from bench.suite import expand, load_suite
 from conftest import cli, make_suite, read_jsonl
@@ -21,7 +21,8 @@ def expected_lora_trainable(model_name: str, r: int) -> tuple[int, int]:
     import torch
     import transformers
 
-    from bench.models import CONFIGS, auto_class
+    from bench.model_configs import CONFIGS
+    from bench.models import auto_class
 
     cfg = transformers.AutoConfig.for_model(**CONFIGS[model_name], num_labels=2)
     model = auto_class("seq_cls").from_config(cfg)
@@ -70,7 +71,7 @@ def test_nvml_fields_are_null_with_reason_without_gpu(core_run):
     assert rec["metrics"]["torch_peak_allocated_mib"] is None and rec["missing_reason"]["torch_peak_allocated_mib"]
 
 
-def test_lora_checkpoint_is_small_and_bytes_match_disk(core_run):
+def test_checkpoint_bytes_count_weight_files_and_say_what_was_saved(core_run):
     _, out, _ = core_run
     recs = {r["run_id"]: r for r in read_jsonl(out / "results.jsonl")}
     for model in ("tiny-llama", "tiny-bert"):
@@ -78,8 +79,12 @@ def test_lora_checkpoint_is_small_and_bytes_match_disk(core_run):
         lora = next(r for k, r in recs.items() if k.startswith(f"{model}--toy-cls--lora") and k.endswith("ga1"))
         assert lora["metrics"]["checkpoint_bytes"] < 0.05 * full["metrics"]["checkpoint_bytes"]
         for rec in (full, lora):
-            on_disk = sum(f.stat().st_size for f in Path(rec["run_dir"], "checkpoint").rglob("*") if f.is_file())
-            assert rec["metrics"]["checkpoint_bytes"] == on_disk
+            ckpt = Path(rec["run_dir"], "checkpoint")
+            files = [f for f in ckpt.rglob("*") if f.is_file()]
+            weights = sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
+            assert rec["metrics"]["checkpoint_bytes"] == weights  # weight files only: no README/config inflation
+            assert rec["metrics"]["checkpoint_total_bytes"] == sum(f.stat().st_size for f in files)
+            assert set(rec["checkpoint"]["files"]) == {str(f.relative_to(ckpt)) for f in files}
 
 
 def test_each_cell_ran_in_its_own_process(core_run):
@@ -106,7 +111,7 @@ def test_rerun_skips_finished_and_reruns_deleted_line(core_run):
 def test_local_model_directory_runs_through_from_pretrained(tmp_path):
     import transformers
 
-    from bench.models import CONFIGS
+    from bench.model_configs import CONFIGS
 
     cfg = transformers.AutoConfig.for_model(**CONFIGS["tiny-bert"], num_labels=2)
     local = tmp_path / "my-bert"
@@ -121,6 +126,7 @@ def test_local_model_directory_runs_through_from_pretrained(tmp_path):
     assert rec["model_info"]["class"] == "BertForSequenceClassification"
     assert rec["model_info"] == {
         "class": "BertForSequenceClassification",
+        "source": "dir",
         "random_weights": False,
         "has_tokenizer": False,
     }

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from bench import nvml
+import fake_nvml
 from bench.envinfo import bf16_peak_flops
-from bench.scheduler import execute
+from bench.execution.scheduler import execute
 from conftest import cli, make_suite, read_jsonl
 
 
@@ -50,7 +50,7 @@ def test_cells_spread_over_four_fake_gpus_one_at_a_time(tmp_path):
         "0,1,2,3",
         "--launcher",
         "fork-server",
-        env={nvml.FAKE_ENV: json.dumps(fake)},
+        env=fake_nvml.env(fake),
     )
     assert res.returncode == 0, res.stderr
     recs = read_jsonl(tmp_path / "out" / "results.jsonl")
@@ -58,7 +58,7 @@ def test_cells_spread_over_four_fake_gpus_one_at_a_time(tmp_path):
     assert all(r["status"] == "success" for r in recs)
     by_gpu: dict[int, list] = {}
     for r in recs:
-        assert r["env"]["cuda_visible_devices"] == str(r["gpu_index"])
+        assert r["env"]["cuda_visible_devices"] == f"GPU-fake-{r['gpu_index']}"
         assert r["env"]["nvml_gpu_name"] == f"FakeGPU{r['gpu_index']}"
         assert r["metrics"]["baseline_nvml_mib"] == 100 * r["gpu_index"]
         by_gpu.setdefault(r["gpu_index"], []).append((r["started_unix"], r["ended_unix"]))
@@ -76,14 +76,17 @@ def test_bf16_peak_table_matches_gpu_names():
 
 
 def test_mfu_formula_and_missing_reasons():
-    from bench.child import mfu
+    from bench.cell.measure import utilisation
 
-    m, miss = {"total_params": 1_000_000_000, "tokens_per_s": 10_000.0}, {}
-    mfu(m, miss, {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3"})
+    m, miss = {"model_flops_per_token": 6e9, "hardware_flops_per_token": 4e9, "tokens_per_s": 10_000.0}, {}
+    utilisation(m, miss, {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3"}, "bfloat16")
     assert m["mfu"] == pytest.approx(6e9 * 1e4 / 989.4e12) and "mfu" not in miss
-    m, miss = {"total_params": 10, "tokens_per_s": 1.0}, {}
-    mfu(m, miss, {"device": "cpu"})
-    assert m["mfu"] is None and "GPU" in miss["mfu"]
+    assert m["hfu"] == pytest.approx(4e9 * 1e4 / 989.4e12)
+    utilisation(m, miss, {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3"}, "float32")
+    assert m["mfu"] == pytest.approx(6e9 * 1e4 / 66.9e12)  # fp32 cells against the fp32 peak
+    m, miss = {"model_flops_per_token": 60.0, "hardware_flops_per_token": 40.0, "tokens_per_s": 1.0}, {}
+    utilisation(m, miss, {"device": "cpu"}, "float32")
+    assert m["mfu"] is None and "GPU" in miss["mfu"] and m["hfu"] is None
 
 
 @pytest.mark.slow
@@ -138,10 +141,22 @@ def test_bad_executor_block_is_rejected(tmp_path):
 
 
 @pytest.mark.slow
-def test_selfcheck_compares_harness_with_bare_loop_on_cpu(tmp_path):
-    res = cli("selfcheck", "--out", str(tmp_path), "--steps", "12", "--rounds", "1", "--precision", "fp32")
+def test_selfcheck_compares_harness_with_an_independent_loop_on_cpu(tmp_path):
+    res = cli("selfcheck", "--out", str(tmp_path), "--steps", "12", "--methods", "lora")
     assert res.returncode == 0, res.stderr
-    assert "tokens/s harness/bare:" in res.stdout and "NVML check skipped" in res.stdout
+    assert "lora: step time bare/harness" in res.stdout and "not gated" in res.stdout
     data = json.loads(res.stdout[: res.stdout.rindex("}") + 1])
-    assert data["bare_tokens_per_s"][0] > 0 and data["harness_tokens_per_s"][0] > 0
-    assert data["nvml_diff_pct"] is None
+    row = data["methods"]["lora"]
+    assert row["bare_step_p50_s"] > 0 and row["harness_step_p50_s"] > 0
+    assert row["harness_distinct_batch_shapes"] == 1  # fixed-shape batches, as in the bare loop
+    assert "memory_diff_pct" not in row  # no NVML here: no memory comparison, not a fake one
+
+
+def test_selfcheck_reference_shares_no_code_with_the_harness():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "bench" / "bareloop.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"json", "sys", "time", "torch", "transformers", "peft", "__future__"}, imported

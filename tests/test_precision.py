@@ -34,9 +34,9 @@ def test_grad_accum_1_2_4_give_the_same_loss_curve(tmp_path, model, task):
 def test_padding_aware_token_averaging_differs_from_naive_mean(tmp_path):
     """Variable-length causal-LM batches: the per-micro-batch mean would not match; ours does (above)."""
 
-    from bench.tasks.synthetic import RandomLM, SizeOptions
+    from bench.tasks.synthetic import RandomLM, RandomLMOptions
 
-    task = RandomLM(SizeOptions(n_train=8, n_eval=1), seq_len=16, seed=0)
+    task = RandomLM(RandomLMOptions(n_train=8, n_eval=1, variable_length=True), seq_len=16, seed=0)
     task.load(None, type("C", (), {"vocab_size": 64})())
     full = task.collate(task.train[:8])
     halves = [task.collate(task.train[:4]), task.collate(task.train[4:8])]
@@ -45,7 +45,7 @@ def test_padding_aware_token_averaging_differs_from_naive_mean(tmp_path):
 
 
 def test_bf16_on_cpu_records_dtypes_and_finite_loss(tmp_path):
-    res = run_cell_inproc(tmp_path, method="lora", precision="bf16", steps=4)
+    res = run_cell_inproc(tmp_path, method="lora", precision="bf16", steps=4, allow_emulated_precision=True)
     assert res["status"] == "success", res.get("error")
     d = res["dtypes"]
     assert d["compute_dtype"] == "bfloat16"
@@ -55,8 +55,8 @@ def test_bf16_on_cpu_records_dtypes_and_finite_loss(tmp_path):
 
 
 def test_full_bf16_keeps_fp32_master_weights(tmp_path):
-    res = run_cell_inproc(tmp_path, method="full", precision="bf16")
-    assert res["status"] == "success"
+    res = run_cell_inproc(tmp_path, method="full", precision="bf16", allow_emulated_precision=True)
+    assert res["status"] == "success", res.get("error")
     assert res["dtypes"]["trainable_weight_dtype"] == "float32" and res["dtypes"]["base_weight_dtype"] is None
 
 
@@ -71,7 +71,7 @@ def test_fp16_on_cpu_is_unsupported_never_silently_fp32(tmp_path):
     "precision, layer, storage", [("nf4", "Linear4bit", "uint8"), ("int8", "Linear8bitLt", "int8")]
 )
 def test_quantized_base_trains_lora_on_cpu_and_says_so(tmp_path, precision, layer, storage):
-    res = run_cell_inproc(tmp_path, method="lora", precision=precision)
+    res = run_cell_inproc(tmp_path, method="lora", precision=precision, allow_emulated_precision=True)
     assert res["status"] == "success", res.get("error")
     d = res["dtypes"]
     assert d["quantized_layers"] == [layer]
@@ -85,13 +85,15 @@ def test_quantized_base_trains_lora_on_cpu_and_says_so(tmp_path, precision, laye
     "method, precision, layer", [("qlora", "nf4", "Linear4bit"), ("lora8bit", "int8", "Linear8bitLt")]
 )
 def test_quantized_lora_recipes_on_an_encoder_with_biases(tmp_path, method, precision, layer):
-    res = run_cell_inproc(tmp_path, method=method, precision=precision, model="tiny-bert")
+    res = run_cell_inproc(
+        tmp_path, method=method, precision=precision, model="tiny-bert", allow_emulated_precision=True
+    )
     assert res["status"] == "success", res.get("error")
     assert res["dtypes"]["quantized_layers"] == [layer]
 
 
 def test_bitfit_bf16_keeps_modules_with_trained_biases_in_fp32(tmp_path):
-    res = run_cell_inproc(tmp_path, model="tiny-bert", method="bitfit", precision="bf16")
+    res = run_cell_inproc(tmp_path, model="tiny-bert", method="bitfit", precision="bf16", allow_emulated_precision=True)
     assert res["status"] == "success", res.get("error")
     d = res["dtypes"]
     assert d["trainable_weight_dtype"] == "float32" and d["base_weight_dtypes"]["bfloat16"] > 0

@@ -152,7 +152,7 @@ def test_trust_remote_code_is_off_unless_the_suite_sets_it(tmp_path, monkeypatch
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     for options in ({}, {"trust_remote_code": True}):
         with pytest.raises(RuntimeError, match="stop here"):
-            models.load_model("org/some-model", "causal_lm", None, 0, {}, options)
+            models.load_model("org/some-model", "causal_lm", None, 0, options=options)
     assert seen == [False, True]
     bad = make_suite(tmp_path, {"model": [{"name": "tiny-llama", "trust_remote_cod": True}]})
     with pytest.raises(SuiteError, match="unknown model option"):

@@ -71,8 +71,13 @@ def test_tweet_task_loads_a_csv_through_datasets(tmp_path):
 
 
 def test_hub_task_offline_fails_with_a_clear_message(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at import time: an imported library needs its flags set too
+    for module in (datasets.config, huggingface_hub.constants):
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     with pytest.raises(HubUnavailable, match="dataset glue/sst2 .* Hugging Face hub"):
         SST2(HubOptions(), seq_len=16, seed=0).load(CharTokenizer(), None)
 

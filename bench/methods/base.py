@@ -23,6 +23,8 @@ class MethodContext:
     seed: int
     quantized: bool = False
     tokenizer: Any = None
+    device: str = "cpu"
+    grad_ckpt: bool = False  # gradient checkpointing is on for this cell (the harness enables it after apply)
 
 
 class Method:
@@ -31,16 +33,31 @@ class Method:
     model_kinds: ClassVar[tuple[str, ...]] = ("causal_lm", "seq_cls")
     quantized_base_ok: ClassVar[bool] = True
     required_precisions: ClassVar[tuple[str, ...]] = ()  # e.g. qlora -> ("nf4",)
+    trains_base: ClassVar[bool] = False  # trains base weights themselves (stored fp32 as master weights)
+    prepends_tokens: ClassVar[bool] = False  # puts virtual tokens before the input (their labels too)
+    requires: ClassVar[tuple[str, ...]] = ()  # libraries the cell imports in its import phase (timed there)
 
     def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
         raise NotImplementedError
 
+    def loss(self, model: Any, task: Any, step: Any) -> Any:
+        """The loss of one micro-batch (`step.batch` on the device, `step.total_targets` of the effective batch),
+        already divided so that micro-batch losses sum to the effective batch's. Override to add terms (a
+        regulariser, a distillation loss); keep the division so accumulation stays exact."""
+        return task.loss(model, step.batch, step.total_targets)
+
+    def metrics(self) -> dict[str, Any]:
+        """Extra figures for the record's metrics (e.g. a teacher's parameters); called after training."""
+        return {}
+
     def after_optimizer_step(self, model: Any, step: int) -> None:
         """Called after optimizer.step(), before the gradients are cleared (AdaLoRA's rank allocation)."""
 
-    def save(self, model: Any, out_dir: Path) -> None:
-        """Default: only the trainable tensors, as safetensors."""
+    def save(self, model: Any, out_dir: Path) -> dict[str, Any] | None:
+        """Write what the method trained to `out_dir`; may return `{saved: what, dtype: ...}` for the record.
+        Default: only the trainable tensors, as safetensors."""
         save_trainable(model, out_dir)
+        return {"saved": "trainable tensors"}
 
     def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
         """Rebuild the trained model from a fresh base and the saved checkpoint."""

@@ -7,20 +7,31 @@ from typing import Any
 
 from bench.methods.base import Method, MethodContext
 
+SHIP_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}  # what a user ships after mixed-precision training
+
 
 class FullFineTune(Method):
     """Full fine-tuning: every parameter trains (the baseline)."""
 
     name = "full"
     quantized_base_ok = False
+    trains_base = True
 
     def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
+        self.ship_dtype = SHIP_DTYPE.get(ctx.precision, "float32")
         for p in model.parameters():
             p.requires_grad = True
         return model
 
-    def save(self, model: Any, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
+    def save(self, model: Any, out_dir: Path) -> dict[str, Any]:
+        """The whole model in the dtype a user would ship (bf16 after a bf16 run; the fp32 master weights are a
+        training detail), through save_pretrained."""
+        import torch
+
+        dtype = getattr(torch, getattr(self, "ship_dtype", "float32"))
+        state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+        model.save_pretrained(out_dir, state_dict=state)
+        return {"saved": "full model", "dtype": str(dtype).replace("torch.", "")}
 
     def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
-        return type(base_model).from_pretrained(ckpt_dir)
+        return type(base_model).from_pretrained(ckpt_dir, dtype=base_model.dtype)

@@ -17,6 +17,8 @@ def _task_type(ctx: MethodContext) -> str:
 class PeftMethod(Method):
     """Base for methods built from a peft config; checkpoints are peft adapter folders."""
 
+    requires = ("peft",)
+
     def peft_config(self, config: Any, ctx: MethodContext) -> Any:
         raise NotImplementedError
 
@@ -29,8 +31,9 @@ class PeftMethod(Method):
             )
         return peft.get_peft_model(model, self.peft_config(config, ctx))
 
-    def save(self, model: Any, out_dir: Path) -> None:
+    def save(self, model: Any, out_dir: Path) -> dict[str, Any]:
         model.save_pretrained(out_dir)
+        return {"saved": "adapter weights (peft save_pretrained)"}
 
     def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
         import peft

@@ -31,6 +31,7 @@ class PromptTuning(PeftMethod):
 
     name = "prompt"
     config_cls = PromptOptions
+    prepends_tokens = True
 
     def peft_config(self, config: PromptOptions, ctx: MethodContext) -> Any:
         import peft
@@ -99,6 +100,7 @@ class PTuning(PeftMethod):
 
     name = "ptuning"
     config_cls = PTuningOptions
+    prepends_tokens = True
 
     def peft_config(self, config: PTuningOptions, ctx: MethodContext) -> Any:
         import peft

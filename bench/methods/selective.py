@@ -14,6 +14,7 @@ class BitFit(Method):
     """Only bias terms train (plus the classification head for sequence classification)."""
 
     name = "bitfit"
+    trains_base = True  # biases live in the base's own modules, which keep fp32 (see precision.cast_frozen)
 
     def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
         biases = [p for n, p in model.named_parameters() if n.endswith(".bias")]
@@ -61,6 +62,7 @@ class Freeze(Method):
     name = "freeze"
     config_cls = FreezeOptions
     quantized_base_ok = False
+    trains_base = True
 
     def apply(self, model: Any, config: FreezeOptions, ctx: MethodContext) -> Any:
         for p in model.parameters():

@@ -25,6 +25,7 @@ class Task:
     score_range: ClassVar[str] = "[0,1]"
     synthetic: ClassVar[bool] = False
     needs_tokenizer: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ()  # libraries the cell imports in its import phase (timed there)
 
     def __init__(self, config: Any, seq_len: int, seed: int):
         self.config = config
@@ -56,16 +57,23 @@ class Task:
             del order[:batch_size]
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Right-pad input_ids; labels are per-token (-100 ignored) for causal LM or one int per example."""
+        """Right-pad input_ids; labels are per-token (-100 ignored) for causal LM or one int per example.
+
+        A batch without padding carries no attention_mask: the model then takes its causal fast path (SDPA
+        flash / GQA) instead of a masked one, as a plain fixed-shape training loop would."""
         import torch
 
-        width = max(len(e["input_ids"]) for e in examples)
+        lengths = [len(e["input_ids"]) for e in examples]
+        width = max(lengths)
         ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
         for i, e in enumerate(examples):
-            ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
-            mask[i, : len(e["input_ids"])] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
+            ids[i, : lengths[i]] = torch.tensor(e["input_ids"])
+        batch: dict[str, Any] = {"input_ids": ids}
+        if min(lengths) < width:
+            mask = torch.zeros((len(examples), width), dtype=torch.long)
+            for i, n in enumerate(lengths):
+                mask[i, :n] = 1
+            batch["attention_mask"] = mask
         if self.model_kind == "causal_lm":
             labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
             for i, e in enumerate(examples):
@@ -75,22 +83,65 @@ class Task:
             batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
         return batch
 
-    def target_count(self, batch: dict[str, Any]) -> int:
-        """How many loss terms a batch contributes (tokens for causal LM, examples for classification)."""
-        if self.model_kind == "causal_lm":
-            return int((batch["labels"][:, 1:] != IGNORE).sum())
-        return int(batch["labels"].shape[0])
+    def micro_batches(self, examples: list[dict[str, Any]], micro: int) -> list[dict[str, Any]]:
+        return [self.collate(examples[i : i + micro]) for i in range(0, len(examples), micro)]
 
-    def loss_sum(self, logits: Any, batch: dict[str, Any]) -> Any:
-        """Summed loss over the batch's targets, so accumulation can divide by the effective-batch count."""
+    def target_count(self, batch: dict[str, Any], prepends_tokens: bool = False) -> int:
+        """Loss terms a batch contributes: examples for classification; for causal LM the labelled tokens the
+        model's shifted loss sees (a method that prepends virtual tokens also predicts the first label)."""
+        labels = batch["labels"]
+        if self.model_kind != "causal_lm":
+            return int(labels.shape[0])
+        return int((labels[:, 1:] != IGNORE).sum()) + (int((labels[:, 0] != IGNORE).sum()) if prepends_tokens else 0)
+
+    def loss(self, model: Any, batch: dict[str, Any], total_targets: int) -> Any:
+        """This micro-batch's summed loss / the effective batch's target count (exact gradient accumulation).
+
+        Causal LM: the model's own loss (`labels`, `num_items_in_batch`), exactly what a plain loop computes."""
+        import torch.nn.functional as F
+
+        if self.model_kind == "causal_lm":
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                labels=batch["labels"],
+                num_items_in_batch=max(total_targets, 1),
+            )
+            return out.loss
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / max(total_targets, 1)
+
+    def loss_sum(self, logits: Any, batch: dict[str, Any], chunk_tokens: int = 1024) -> Any:
+        """Summed loss of a batch's targets from its logits, in fp32 chunks of positions (evaluation: no full-vocab
+        fp32 copy of the whole batch's logits)."""
+        import torch
         import torch.nn.functional as F
 
         labels = batch["labels"]
-        if self.model_kind == "causal_lm":
-            logits = logits[:, -labels.shape[1] :]  # soft-prompt methods prepend virtual positions
-            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-            return F.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
-        return F.cross_entropy(logits.float(), labels, reduction="sum")
+        if self.model_kind != "causal_lm":
+            return F.cross_entropy(logits.float(), labels, reduction="sum")
+        logits = logits[:, -labels.shape[1] :]  # soft-prompt methods prepend virtual positions
+        total = torch.zeros((), device=logits.device)
+        for i in range(labels.shape[0]):
+            row, target = logits[i, :-1], labels[i, 1:]
+            for s in range(0, target.shape[0], chunk_tokens):
+                part = row[s : s + chunk_tokens].float()
+                total += F.cross_entropy(part, target[s : s + chunk_tokens], ignore_index=IGNORE, reduction="sum")
+        return total
+
+
+def pack(examples: list[dict[str, Any]], seq_len: int, separator: int | None) -> list[dict[str, Any]]:
+    """Concatenate examples (ids and labels, a separator token between them) and cut the stream into full
+    `seq_len` pieces, as torchtune and TRL pack: no padding, one shape; the last partial piece is dropped."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for e in examples:
+        ids += e["input_ids"] + ([separator] if separator is not None else [])
+        labels += e["labels"] + ([separator] if separator is not None else [])
+    return [
+        {"input_ids": ids[i : i + seq_len], "labels": labels[i : i + seq_len]}
+        for i in range(0, len(ids) - seq_len + 1, seq_len)
+    ]
 
 
 def batched(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -109,7 +160,7 @@ def classification_eval(task: Task, model: Any, device: Any, batch_size: int, au
     with torch.no_grad(), autocast():
         for chunk in batched(task.eval, batch_size):
             batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
             preds.extend(logits.argmax(-1).tolist())
             refs.extend(batch["labels"].tolist())
     acc = accuracy(preds, refs)
@@ -126,8 +177,9 @@ def lm_loss_eval(
     with torch.no_grad(), autocast():
         for chunk in batched(examples, batch_size):
             batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
             total += float(task.loss_sum(logits, batch))
+            del logits
             count += task.target_count(batch)
     return total / max(count, 1)
 

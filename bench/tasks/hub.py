@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bench.tasks.base import IGNORE, Task, TaskConfig, batched, classification_eval, lm_loss_eval
+from bench.tasks.base import IGNORE, Task, TaskConfig, batched, classification_eval, lm_loss_eval, pack
 
 
 class HubUnavailable(RuntimeError):
@@ -41,6 +41,7 @@ class SST2(Task):
     config_cls = HubOptions
     num_labels = 2
     needs_tokenizer = True
+    requires = ("datasets",)
 
     def load(self, tokenizer: Any, model_config: Any) -> None:
         train = load_hub_dataset(self.name, "glue", "sst2", "train").shuffle(seed=self.seed)
@@ -68,6 +69,7 @@ class GSMOptions(TaskConfig):
     n_train: int = 2000
     n_eval: int = 200
     max_new_tokens: int = 256
+    packing: bool = False  # concatenate examples and cut to seq_len (no padding, one shape), as TRL/torchtune do
 
 
 class GSM8KSFT(Task):
@@ -78,6 +80,7 @@ class GSM8KSFT(Task):
     config_cls = GSMOptions
     metric = "exact_match"
     needs_tokenizer = True
+    requires = ("datasets",)
 
     def load(self, tokenizer: Any, model_config: Any) -> None:
         self.tokenizer = tokenizer
@@ -89,6 +92,8 @@ class GSM8KSFT(Task):
             answer = tokenizer(row["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
             ids = (prompt + answer)[: self.seq_len]
             self.train.append({"input_ids": ids, "labels": ([IGNORE] * len(prompt) + answer)[: self.seq_len]})
+        if self.config.packing:  # answers end with EOS already: no separator
+            self.train = pack(self.train, self.seq_len, None)
         self.eval = [
             {"prompt": f"Question: {r['question']}\nAnswer: ", "answer": final_number(r["answer"])}
             for r in test.select(range(min(self.config.n_eval, len(test))))
@@ -123,7 +128,7 @@ class PerplexityOptions(TaskConfig):
 
 
 class Perplexity(Task):
-    """Causal-LM training on a text corpus; score = perplexity on its held-out split (lower is better)."""
+    """Causal-LM training on a text corpus packed into seq_len pieces; score = held-out perplexity (lower: better)."""
 
     name = "perplexity"
     model_kind = "causal_lm"
@@ -132,6 +137,7 @@ class Perplexity(Task):
     higher_is_better = False
     score_range = "perplexity"
     needs_tokenizer = True
+    requires = ("datasets",)
 
     def load(self, tokenizer: Any, model_config: Any) -> None:
         def chunks(split: str, n: int) -> list[dict[str, Any]]:

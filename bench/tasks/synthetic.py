@@ -56,12 +56,18 @@ class ToyClassification(Task):
         return classification_eval(self, model, device, batch_size, autocast)
 
 
+@dataclass
+class RandomLMOptions(SizeOptions):
+    variable_length: bool = False  # lengths drawn in [seq_len/2, seq_len] and padded per batch (costs padding)
+
+
 class RandomLM(Task):
-    """Next-token prediction on random token sequences of varying length; score = held-out LM loss."""
+    """Next-token prediction on random tokens: fixed `seq_len` sequences by default (a cost task: one shape, no
+    padding, no attention mask), random lengths with `variable_length: true`; score = held-out LM loss."""
 
     name = "random-lm"
     model_kind = "causal_lm"
-    config_cls = SizeOptions
+    config_cls = RandomLMOptions
     metric = "eval_loss"
     higher_is_better = False
     score_range = "nats/token"
@@ -72,7 +78,7 @@ class RandomLM(Task):
         vocab = model_config.vocab_size
 
         def make() -> dict[str, Any]:
-            n = rng.randint(max(2, self.seq_len // 2), self.seq_len)
+            n = rng.randint(max(2, self.seq_len // 2), self.seq_len) if self.config.variable_length else self.seq_len
             ids = [rng.randrange(FIRST_SYMBOL, vocab) for _ in range(n)]
             return {"input_ids": ids, "labels": ids}
 
@@ -141,7 +147,7 @@ class Reverse(Task):
             for chunk in batched(self.eval, batch_size):
                 ids = torch.tensor([e["prompt"] for e in chunk], device=device)
                 for _ in range(self.config.length):  # greedy, no cache: works for every method alike
-                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                    logits = model(input_ids=ids).logits
                     ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
                 preds.extend(ids[:, -self.config.length :].tolist())
                 refs.extend(e["target"] for e in chunk)

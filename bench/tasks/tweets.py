@@ -84,6 +84,7 @@ class TweetSentiment(Task):
     config_cls = TweetOptions
     num_labels = 2
     needs_tokenizer = True
+    requires = ("datasets",)
 
     def load(self, tokenizer: Any, model_config: Any) -> None:
         import datasets

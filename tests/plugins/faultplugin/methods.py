@@ -89,3 +89,51 @@ class FaultCheck(FullFineTune):
         if getattr(bench.metrics, "LEAKED", False) or bench.metrics.accuracy.__name__ != "accuracy":
             raise RuntimeError("state leaked from an earlier cell")
         return super().apply(model, config, ctx)
+
+
+class FaultStray(FullFineTune):
+    """Starts a daemon (double fork + setsid: it leaves the cell's process group and tree) and trains normally."""
+
+    name = "fault-stray"
+    config_cls = SlowOptions
+
+    def apply(self, model, config, ctx):
+        code = (
+            "import os, sys, time\n"
+            "if os.fork(): sys.exit(0)\n"
+            "os.setsid()\n"
+            "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\n"
+            "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+            "time.sleep(3600)\n"
+        )
+        subprocess.run([sys.executable, "-c", code, config.marker], check=True)
+        while not Path(config.marker).exists():
+            time.sleep(0.01)
+        return super().apply(model, config, ctx)
+
+
+class FaultLinger(FullFineTune):
+    """Writes its (successful) result, then never exits."""
+
+    name = "fault-linger"
+
+    def apply(self, model, config, ctx):
+        from bench.rundir import RunDir
+
+        original = RunDir.write_result
+
+        def write_then_hang(self, data):
+            original(self, data)
+            time.sleep(3600)
+
+        RunDir.write_result = write_then_hang
+        return super().apply(model, config, ctx)
+
+
+class FaultBadsave(FullFineTune):
+    """Trains normally; its checkpoint save fails."""
+
+    name = "fault-badsave"
+
+    def save(self, model, out_dir):
+        raise OSError(28, "No space left on device")

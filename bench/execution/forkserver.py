@@ -1,10 +1,12 @@
 """Fork server: imports the heavy libraries once, then forks a fresh child per cell.
 
-Protocol (JSON lines): the runner writes {"run_dir": DIR, "env": {...}} to stdin; the server answers
-{"pid": P} at once and
+Protocol (JSON lines): the server first says {"ready": PID, "cuda_initialized": bool, "preloaded": [...]}; the
+runner writes {"run_dir": DIR, "env": {...}} to stdin; the server answers {"pid": P} at once and
 {"exit": P, "code": C} when that child ends (C < 0: killed by signal -C). Each child starts a new session,
-sends its stdout/stderr to DIR's logs and runs bench.child.run_cell(DIR): the same file contract as spawn.
-Nothing initialises CUDA or starts a thread in the server before it forks.
+applies its env (CUDA_VISIBLE_DEVICES, PYTORCH_CUDA_ALLOC_CONF: CUDA is not initialised yet, so they still
+apply), dies with the server, sends its stdout/stderr to DIR's logs and runs bench.cell.run_cell(DIR).
+Nothing initialises CUDA or starts a thread in the server before it forks; the ready message says so and the
+launcher refuses a server that did.
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ PRELOAD = (
     "peft",
     "transformers.models.llama.modeling_llama",
     "transformers.models.bert.modeling_bert",
-    "bench.child",
+    "bench.cell",
+    "bench.cell.steps",
     "bench.train",
     "bench.models",
     "bench.methods.peft_methods",
     "bench.methods.prompt_methods",
     "bench.tasks.synthetic",
 )
+PRELOAD_ENV = "PEFT_BENCH_FORKSERVER_PRELOAD"  # extra modules to import once (e.g. a plugin), comma-separated
 
 
 def _child(run_dir: Path, env: dict[str, str]) -> None:
     os.setsid()
-    os.environ.update(env)  # e.g. CUDA_VISIBLE_DEVICES; CUDA is not initialised yet, so it still applies
+    os.environ.update(env)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     out = os.open(run_dir / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -45,8 +49,10 @@ def _child(run_dir: Path, env: dict[str, str]) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1)
     code = 1
     try:
-        from bench.child import run_cell
+        from bench.cell import PARENT_ENV, die_with_parent, run_cell
 
+        os.environ[PARENT_ENV] = str(os.getppid())
+        die_with_parent()
         run_cell(run_dir)
         code = 0
     finally:
@@ -55,11 +61,26 @@ def _child(run_dir: Path, env: dict[str, str]) -> None:
         os._exit(code)
 
 
-def serve() -> None:
+def preload() -> list[str]:
     import importlib
 
-    for name in PRELOAD:
-        importlib.import_module(name)
+    extra = [m for m in os.environ.get(PRELOAD_ENV, "").split(",") if m.strip()]
+    names = [*PRELOAD, *extra]
+    for name in names:
+        importlib.import_module(name.strip())
+    return names
+
+
+def cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
+
+
+def serve() -> None:
+    from bench.cell import die_with_parent
+
+    die_with_parent()  # a runner killed with SIGKILL takes its fork server (and so its cells) along
+    names = preload()
     import gc
 
     gc.collect()
@@ -77,7 +98,7 @@ def serve() -> None:
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         send({"exit": pid, "code": code})
 
-    send({"ready": os.getpid()})
+    send({"ready": os.getpid(), "cuda_initialized": cuda_initialized(), "preloaded": names})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides; Ctrl-C reaches it, not us
     for line in sys.stdin:
         request = json.loads(line)

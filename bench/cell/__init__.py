@@ -1,0 +1,114 @@
+"""One isolated cell: RUN_DIR/spec.json in, RUN_DIR/result.json out. Knows nothing of the suite.
+
+Run as `python -m bench.cell RUN_DIR` (spawn launcher) or called as `run_cell(RUN_DIR)` in a forked process
+(fork-server launcher). The phases live in `bench.cell.steps`; this module times and marks them, and turns
+every outcome into a status inside result.json.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.errors import Unsupported, looks_like_oom
+from bench.phases import PhaseClock
+from bench.rundir import RunDir
+from bench.spec import RunSpec
+
+LAUNCH_ENV = "PEFT_BENCH_LAUNCHED_AT"  # unix time the supervisor launched this cell (for time_spawn_s)
+PARENT_ENV = "PEFT_BENCH_PARENT_PID"  # the process whose death must end this cell
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this cell when its parent (runner or fork server) dies, and exit at once if
+    that already happened."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    expected = os.environ.get(PARENT_ENV)
+    if expected and os.getppid() != int(expected):
+        os._exit(70)
+
+
+def run_cell(run_dir: Path) -> dict[str, Any]:
+    """Run the cell described by run_dir/spec.json and write run_dir/result.json; return the result."""
+    from bench.cell.steps import PHASES, Cell, skip_eval_before
+
+    t_main = time.time()
+    rd = RunDir(Path(run_dir))
+    spec = RunSpec.read(rd.spec)
+    launched = os.environ.get(LAUNCH_ENV)
+    result: dict[str, Any] = {
+        "status": "failed",
+        "child_pid": os.getpid(),
+        "metrics": {},
+        "missing_reason": {},
+        "notes": [],
+        "timings": {"time_spawn_s": (t_main - float(launched)) if launched else None},
+    }
+    cell = Cell(spec, rd, PhaseClock(rd.phases), result)
+    try:
+        for name, fn in PHASES:
+            if name == "eval_before" and not spec.eval_before:
+                skip_eval_before(cell)
+                continue
+            with cell.clock.phase(name):
+                fn(cell)
+        result["status"] = "success"
+    except BaseException as exc:  # noqa: BLE001 - every failure must become a record
+        _classify(result, exc)
+    _finish(cell, t_main)
+    return result
+
+
+def _classify(result: dict[str, Any], exc: BaseException) -> None:
+    if isinstance(exc, Unsupported):
+        result["status"] = "unsupported"
+        result["error"] = {"type": "Unsupported", "message": str(exc)}
+        return
+    text = f"{type(exc).__name__}: {exc}"
+    result["status"] = "canceled" if isinstance(exc, KeyboardInterrupt) else "oom" if looks_like_oom(text) else "failed"
+    result["error"] = {
+        "type": type(exc).__name__,
+        "message": str(exc)[:2000],
+        "traceback": traceback.format_exc()[-8000:],
+    }
+    traceback.print_exc()
+
+
+def _finish(cell: Any, t_main: float) -> None:
+    result = cell.result
+    result["phases"] = cell.clock.spans
+    result["timings"].update(cell.clock.timings())
+    if "time_eval_s" in result["timings"]:
+        result["metrics"]["eval_time_s"] = result["timings"]["time_eval_s"]
+    result["metrics"]["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from bench.cell.steps import heavy_modules
+
+    late = sorted(set(heavy_modules()) - set(result.get("heavy_modules_loaded") or []))
+    if late and result.get("heavy_modules_loaded") is not None:
+        result["notes"].append(f"imported after the import phase (their time is in a later phase): {late}")
+    result.setdefault("heavy_modules_loaded", heavy_modules())
+    result["timings"]["time_child_total_s"] = time.time() - t_main
+    cell.run_dir.write_result(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m bench.cell RUN_DIR", file=sys.stderr)
+        return 2
+    die_with_parent()
+    run_cell(Path(argv[0]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # result.json is written: no interpreter teardown (library threads, CUDA) can hang the exit

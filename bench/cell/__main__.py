@@ -1,0 +1,5 @@
+import sys
+
+from bench.cell import main
+
+sys.exit(main())

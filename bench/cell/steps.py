@@ -1,0 +1,280 @@
+"""The phases of one cell, in order: import, load, data, apply, eval_before, train, eval_after, save.
+
+Each phase reads and fills the `Cell` it is given; `bench.cell.run` times them, marks them for the supervisor's
+NVML attribution and turns any exception into the cell's status.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import Unsupported
+from bench.phases import PhaseClock
+from bench.rundir import RunDir
+from bench.spec import RunSpec
+
+
+@dataclass
+class Cell:
+    spec: RunSpec
+    run_dir: RunDir
+    clock: PhaseClock
+    result: dict[str, Any]
+    device: str = "cpu"
+    plan: Any = None
+    task_cls: Any = None
+    method_cls: Any = None
+    task_cfg: Any = None
+    method_cfg: Any = None
+    model: Any = None
+    tokenizer: Any = None
+    task: Any = None
+    method: Any = None
+    general: list[Any] = field(default_factory=list)  # general-text examples for the forgetting measurement
+    general_what: str = ""
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.result["metrics"]
+
+    @property
+    def missing(self) -> dict[str, str]:
+        return self.result["missing_reason"]
+
+    def autocast(self) -> Any:
+        from bench.train import autocast_for
+
+        return autocast_for(self.plan, self.device)()
+
+    def set_missing(self, keys: tuple[str, ...] | list[str], reason: str) -> None:
+        for k in keys:
+            self.metrics[k] = None
+            self.missing[k] = reason
+
+
+def phase_import(c: Cell) -> None:
+    """Every library the cell needs, so their import time lands here and nowhere else."""
+    import torch
+    import transformers  # noqa: F401
+
+    from bench import registry
+    from bench.envinfo import base_env, device_env
+    from bench.options import parse_options
+    from bench.precision import QUANTIZED, plan_precision
+
+    spec = c.spec
+    c.task_cls, c.method_cls = registry.load("task", spec.task), registry.load("method", spec.method)
+    for module in (
+        *c.method_cls.requires,
+        *c.task_cls.requires,
+        *(("bitsandbytes",) if spec.precision in QUANTIZED else ()),
+    ):
+        importlib.import_module(module)
+    c.device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
+    c.result["env"] = {**base_env(), **device_env(c.device), "seed": spec.seed}
+    c.task_cfg, problems = parse_options(c.task_cls.config_cls, spec.task_options, "task")
+    c.method_cfg, problems2 = parse_options(c.method_cls.config_cls, spec.method_options, "method")
+    if problems or problems2:
+        raise ValueError("; ".join(problems + problems2))
+    c.result["task_info"] = {
+        "metric": c.task_cls.metric,
+        "higher_is_better": c.task_cls.higher_is_better,
+        "score_range": c.task_cls.score_range,
+        "synthetic": c.task_cls.synthetic,
+    }
+    c.plan = plan_precision(spec.precision, c.device, spec.allow_emulated_precision)
+    c.result["env"]["emulated_precision"] = c.plan.emulated
+    c.result["heavy_modules_loaded"] = heavy_modules()
+
+
+def heavy_modules() -> list[str]:
+    """Which of the optional heavy libraries this process has imported."""
+    import sys
+
+    return sorted(m for m in ("peft", "bitsandbytes", "datasets", "evaluate") if m in sys.modules)
+
+
+def phase_load(c: Cell) -> None:
+    """The base model, built or loaded directly on the cell's device in the dtype the plan stores it in."""
+    import torch
+
+    from bench.models import load_model
+    from bench.precision import quantization_config
+
+    torch.manual_seed(c.spec.seed)
+    if c.device == "cuda":
+        c.clock.sync = torch.cuda.synchronize
+    loaded = load_model(
+        c.spec.model,
+        c.task_cls.model_kind,
+        c.task_cls.num_labels,
+        c.spec.seed,
+        device=c.device,
+        dtype=c.plan.storage_dtype(c.method_cls.trains_base),
+        quant=quantization_config(c.plan, c.task_cls.model_kind),
+        options=c.spec.model_options,
+    )
+    c.model, c.tokenizer = loaded.model, loaded.tokenizer
+    c.result["model_info"] = loaded.info
+
+
+def phase_data(c: Cell) -> None:
+    from bench.tasks.base import general_examples
+
+    c.task = c.task_cls(c.task_cfg, c.spec.seq_len, c.spec.seed)
+    if c.task_cls.needs_tokenizer and c.tokenizer is None:
+        raise Unsupported(f"task {c.spec.task!r} needs a tokenizer; model {c.spec.model!r} has none")
+    c.task.pad_id = getattr(c.tokenizer, "pad_token_id", None) or 0
+    c.task.load(c.tokenizer, c.model.config)
+    if c.task_cls.model_kind == "causal_lm":
+        c.general, c.general_what = general_examples(c.task, c.tokenizer, c.model.config.vocab_size)
+
+
+def phase_apply(c: Cell) -> None:
+    from bench.cell.measure import count_params
+    from bench.methods.base import MethodContext
+    from bench.precision import cast_frozen, dtype_report, keep_quantized_weights_trainable_on_cpu
+
+    spec = c.spec
+    ctx = MethodContext(
+        c.task_cls.model_kind,
+        spec.precision,
+        spec.steps,
+        spec.seed,
+        c.plan.quantized,
+        c.tokenizer,
+        c.device,
+        spec.grad_ckpt,
+    )
+    c.method = c.method_cls()
+    c.model = c.method.apply(c.model, c.method_cfg, ctx)
+    cast_frozen(c.model, c.plan)
+    if not c.plan.quantized:
+        c.model.to(c.device)  # new adapter weights; the base is there already
+    elif c.device == "cpu":
+        keep_quantized_weights_trainable_on_cpu(c.model)
+    if spec.grad_ckpt:
+        enable_grad_ckpt(c.model, c.method)
+    c.metrics["trainable_params"], c.metrics["total_params"] = count_params(c.model)
+    c.metrics["trainable_pct"] = 100 * c.metrics["trainable_params"] / max(c.metrics["total_params"], 1)
+    c.metrics["micro_batch_size"] = spec.micro_batch
+    c.result["dtypes"] = dtype_report(c.model, c.plan)
+
+
+def enable_grad_ckpt(model: Any, method: Any) -> None:
+    """Non-reentrant activation checkpointing; inputs require grad so frozen-base adapters still get gradients."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise Unsupported(f"{type(base).__name__} does not support gradient checkpointing")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not method.trains_base and hasattr(base, "enable_input_require_grads"):
+        base.enable_input_require_grads()
+
+
+def phase_eval_before(c: Cell) -> None:
+    from bench.tasks.base import lm_loss_eval
+
+    c.model.eval()
+    before = c.task.evaluate(c.model, c.device, c.spec.eval_batch, c.autocast)
+    c.metrics["score_before"] = before["score"]
+    for key in before.keys() - {"score"}:
+        c.metrics[f"{key}_before"] = before[key]
+    if c.general:
+        c.metrics["general_loss_before"] = lm_loss_eval(
+            c.task, c.model, c.device, c.spec.eval_batch, c.autocast, c.general
+        )
+
+
+def skip_eval_before(c: Cell) -> None:
+    why = "eval_before is false for this suite (a pure cost cell)"
+    c.set_missing(["score_before", "general_loss_before"], why)
+
+
+def phase_train(c: Cell) -> None:
+    import torch
+
+    from bench.cell.measure import flops_per_token, utilisation
+    from bench.train import throughput_metrics, train
+
+    if c.device == "cuda":  # the training window starts from a clean allocator: eval buffers are not its peak
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    stats = train(c.model, c.task, c.spec, c.method, c.plan, c.device, c.clock)
+    if c.device == "cuda":
+        c.metrics["torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        c.metrics["torch_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+    else:
+        c.set_missing(
+            ["torch_peak_allocated_mib", "torch_peak_reserved_mib"],
+            "no CUDA device: torch allocator peaks exist only on GPU",
+        )
+    tp, tp_missing = throughput_metrics(stats)
+    c.metrics.update(tp)
+    c.missing.update(tp_missing)
+    input_level = c.method_cls.prepends_tokens or getattr(c.method_cls, "input_level", False)
+    c.metrics.update(flops_per_token(c.model, c.model.config, c.spec.seq_len, input_level, c.spec.grad_ckpt))
+    utilisation(c.metrics, c.missing, c.result["env"], c.plan.compute_dtype)
+    c.metrics.update(c.method.metrics())
+    c.result["loss_curve"] = stats.losses
+    c.result["step_times_s"] = stats.step_times_s
+
+
+def phase_eval_after(c: Cell) -> None:
+    from bench.tasks.base import lm_loss_eval
+
+    c.model.eval()
+    after = c.task.evaluate(c.model, c.device, c.spec.eval_batch, c.autocast)
+    c.metrics["score_after"] = after["score"]
+    for key in after.keys() - {"score"}:
+        c.metrics[f"{key}_after"] = after[key]
+    forgetting(c, lm_loss_eval)
+
+
+def forgetting(c: Cell, lm_loss_eval: Any) -> None:
+    """General-text LM loss after minus before, both with the method attached as it is trained (so attaching an
+    untrained prompt is not counted as forgetting)."""
+    keys = ("general_loss_before", "general_loss_after", "forgetting_delta")
+    if not c.general:
+        c.set_missing(list(keys), c.general_what or "forgetting is measured for causal-LM tasks only")
+        return
+    c.metrics["general_loss_after"] = lm_loss_eval(c.task, c.model, c.device, c.spec.eval_batch, c.autocast, c.general)
+    c.result["task_info"]["general_text"] = c.general_what
+    if c.metrics.get("general_loss_before") is None:
+        c.set_missing(["forgetting_delta"], c.missing.get("general_loss_before", "no general loss before training"))
+    else:
+        c.metrics["forgetting_delta"] = c.metrics["general_loss_after"] - c.metrics["general_loss_before"]
+
+
+def phase_save(c: Cell) -> None:
+    """The method's checkpoint. A failing save is recorded in its own field; the measured cell stays a success."""
+    from bench.cell.measure import checkpoint_summary
+
+    if not c.spec.save_checkpoint:
+        c.set_missing(["checkpoint_bytes", "checkpoint_total_bytes"], "save_checkpoint is false for this suite")
+        return
+    ckpt = c.run_dir.checkpoint
+    try:
+        info = c.method.save(c.model, ckpt) or {}
+    except Exception as exc:  # disk full, a method's save bug, ...
+        why = f"checkpoint save failed: {type(exc).__name__}: {str(exc)[:300]}"
+        c.result["checkpoint"] = {"error": why}
+        c.set_missing(["checkpoint_bytes", "checkpoint_total_bytes"], why)
+        return
+    summary = checkpoint_summary(ckpt)
+    c.result["checkpoint"] = {**info, **summary}
+    c.metrics["checkpoint_bytes"] = summary["weight_bytes"]
+    c.metrics["checkpoint_total_bytes"] = summary["total_bytes"]
+
+
+PHASES = (
+    ("import", phase_import),
+    ("load", phase_load),
+    ("data", phase_data),
+    ("apply", phase_apply),
+    ("eval_before", phase_eval_before),
+    ("train", phase_train),
+    ("eval_after", phase_eval_after),
+    ("save", phase_save),
+)

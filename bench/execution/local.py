@@ -1,0 +1,78 @@
+"""The local executor: this machine's GPUs as slots (one cell per GPU at a time, or one CPU slot), a launcher
+per slot, busy checks at suite start and before every cell."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench import nvml
+from bench.envinfo import base_env
+from bench.execution.base import LocalOptions, RunContext
+from bench.execution.gpus import GpuSlot, GpuWatch, inherited_visible_devices, resolve_slots
+from bench.execution.launchers import make_launcher, resolve_launcher
+from bench.execution.scheduler import execute
+from bench.execution.supervise import CellJob, supervise_cell
+from bench.record import Record
+from bench.spec import RunSpec
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, options: LocalOptions):
+        self.options = options
+
+    def run(self, specs: list[RunSpec], ctx: RunContext) -> None:
+        opts = self.options
+        backend, reason = nvml.open_backend()
+        slots = resolve_slots(backend, opts.gpus, inherited_visible_devices())
+        watches = self._watch(backend, slots)
+        env_parent = base_env()
+        if backend is not None:
+            env_parent["gpu_driver"] = backend.driver()
+        name = resolve_launcher(opts.launcher, backend is not None)
+        launchers = {
+            slot: make_launcher(name, ctx.out.path / f"forkserver-{slot.index if slot else 'cpu'}.log")
+            for slot in slots
+        }
+        if len(slots) > 1:
+            ctx.progress(f"running on GPUs {', '.join(str(s.index) for s in slots)}, one cell per GPU at a time")
+        try:
+            for launcher in launchers.values():
+                launcher.start(dict(os.environ))
+
+            def run(spec: RunSpec, slot: GpuSlot | None) -> Record:
+                watch = watches.get(slot)
+                job = CellJob(
+                    spec,
+                    ctx.out.run(spec.run_id),
+                    launchers[slot],
+                    slot,
+                    backend,
+                    reason,
+                    opts.nvml_interval_s,
+                    env_parent,
+                    ctx.should_stop,
+                    opts.exit_grace_s,
+                    notes=watch.before_cell() if watch else [],
+                    metrics={"suite_baseline_nvml_mib": watch.start_used_mib} if watch else {},
+                )
+                return supervise_cell(job)
+
+            execute(specs, slots, run, lambda rec, slot: ctx.on_record(rec), ctx.should_stop)
+        finally:
+            for launcher in launchers.values():
+                launcher.close()
+
+    def _watch(self, backend: Any, slots: list[GpuSlot | None]) -> dict[GpuSlot, GpuWatch]:
+        """Busy checks per GPU, the suite-start one done now (BusyGpu stops the suite before any cell)."""
+        if backend is None:
+            return {}
+        opts = self.options
+        watches = {}
+        for slot in slots:
+            watch = GpuWatch(backend, slot, opts.busy_threshold_mib, opts.allow_busy_gpu, opts.busy_wait_s)
+            watch.check_start({os.getpid()})
+            watches[slot] = watch
+        return watches

@@ -1,0 +1,191 @@
+"""Supervise one cell on this machine: launch it, sample NVML over its process tree, wait with a bounded clock,
+clean up every process it started (whatever the outcome), and build its record. Both executors call this; it
+knows nothing of the runner or the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psutil
+
+from bench import nvml
+from bench.cell import LAUNCH_ENV
+from bench.execution.gpus import GpuSlot
+from bench.execution.launchers import CellProcess, kill_processes
+from bench.phases import read_marks
+from bench.record import CellExit, Record, Status, build_record
+from bench.rundir import RunDir
+from bench.spec import RunSpec
+
+CELL_TOKEN_ENV = "PEFT_BENCH_CELL_TOKEN"  # inherited by everything a cell starts: how strays are found
+
+
+@dataclass
+class CellJob:
+    spec: RunSpec
+    run_dir: RunDir
+    launcher: Any
+    slot: GpuSlot | None = None
+    backend: Any = None
+    nvml_reason: str | None = None
+    nvml_interval_s: float = 0.01
+    env_parent: dict[str, Any] = field(default_factory=dict)
+    should_stop: Callable[[], bool] = lambda: False
+    exit_grace_s: float = 30.0  # how long a cell may take to exit after writing its result
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)  # e.g. the GPU's memory at suite start
+
+
+def cell_env(spec: RunSpec, slot: GpuSlot | None, token: str) -> dict[str, str]:
+    env = {**os.environ, CELL_TOKEN_ENV: token, LAUNCH_ENV: repr(time.time())}
+    if slot is not None:
+        env.update(slot.cell_env())
+        if spec.cuda_alloc_conf:
+            env["PYTORCH_CUDA_ALLOC_CONF"] = spec.cuda_alloc_conf
+    return env
+
+
+class TreeWatch:
+    """Remembers every process seen in the cell's tree (PID + start time), so ones that leave the tree are
+    still found and killed when the cell ends."""
+
+    def __init__(self, pid: int):
+        self.pid, self.seen = pid, {}
+        self.poll()
+
+    def poll(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+            for p in [root, *root.children(recursive=True)]:
+                self.seen.setdefault(p.pid, p.create_time())
+        except psutil.Error:
+            pass
+
+    def alive(self) -> set[int]:
+        out = set()
+        for pid, created in self.seen.items():
+            try:
+                if psutil.Process(pid).create_time() == created:
+                    out.add(pid)
+            except psutil.Error:
+                pass
+        return out
+
+
+def strays(token: str, since: float) -> set[int]:
+    """Processes that carry the cell's token in their environment (started by it, wherever they went)."""
+    out = set()
+    for p in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if p.info["create_time"] >= since - 1 and p.environ().get(CELL_TOKEN_ENV) == token:
+                out.add(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+def supervise_cell(job: CellJob) -> Record:
+    """Run one cell to its end and return its record."""
+    spec, rd = job.spec, job.run_dir
+    attempt = rd.new_attempt()
+    rd.spec.write_text(spec.to_json())
+    token = f"{spec.run_id}:{attempt}:{uuid.uuid4().hex[:8]}"
+    started_at, started_unix, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.time(), time.perf_counter()
+    sampler = nvml.Sampler(job.backend, job.slot.index if job.slot else 0, job.nvml_interval_s)
+    sampler.take_baseline()
+    proc = job.launcher.launch(rd, cell_env(spec, job.slot, token))
+    sampler.start(proc.pid)
+    watch = TreeWatch(proc.pid)
+    exit, notes = wait_cell(proc, job, watch)
+    sampler.stop()
+    notes += cleanup(proc, watch, token, started_unix, job)
+    ended_unix = time.time()
+    child = rd.read_result()
+    parent = parent_view(job, sampler, child, ended_unix)
+    parent.update(
+        attempt=attempt,
+        notes=[*job.notes, *notes, *parent.get("notes", [])],
+        runner_pid=os.getpid(),
+        launcher=job.launcher.name,
+        gpu_index=job.slot.index if job.slot else None,
+        run_dir=str(rd.path),
+        started_at=started_at,
+        started_unix=started_unix,
+        ended_unix=ended_unix,
+        duration_s=time.perf_counter() - t0,
+    )
+    exit.stderr_tail = rd.stderr_tail()
+    return build_record(spec, child, exit, parent)
+
+
+def wait_cell(proc: CellProcess, job: CellJob, watch: TreeWatch) -> tuple[CellExit, list[str]]:
+    """Poll until the cell exits, is canceled, times out, or lingers after writing its result."""
+    t0, n, written_at = time.monotonic(), 0, None
+    while (rc := proc.poll()) is None:
+        n += 1
+        if n % 25 == 0:
+            watch.poll()
+        now = time.monotonic()
+        if job.should_stop():
+            return CellExit(None, Status.CANCELED, "cell canceled by a signal to the runner"), []
+        if written_at is None and job.run_dir.result.exists():
+            written_at = now
+        if written_at is not None and now - written_at > job.exit_grace_s:
+            note = f"the cell wrote its result but had not exited {job.exit_grace_s:.0f} s later; killed"
+            return CellExit(None), [note]
+        if now - t0 > job.spec.timeout_s:
+            if job.run_dir.result.exists():  # finished just in time: its own verdict stands
+                return CellExit(None), [f"the cell had not exited at its {job.spec.timeout_s:g} s timeout; killed"]
+            return CellExit(None, Status.TIMEOUT, f"cell timeout after {job.spec.timeout_s:g} s"), []
+        time.sleep(0.02)
+    return CellExit(rc), []
+
+
+def cleanup(proc: CellProcess, watch: TreeWatch, token: str, since: float, job: CellJob) -> list[str]:
+    """Kill the cell's process group, every process seen in its tree and every process carrying its token;
+    say what had outlived the cell and what is still on its GPU."""
+    watch.poll()
+    others = (watch.alive() | strays(token, since)) - {proc.pid}
+    still = kill_processes({proc.pid, *others}, group=proc.pid)
+    if proc.poll() is None:
+        from bench.execution.launchers import wait_for_exit
+
+        wait_for_exit(proc, 10)
+    notes = []
+    if others:
+        notes.append(f"{len(others)} process(es) started by the cell outlived it and were killed: {sorted(others)}")
+    if still:
+        notes.append(f"process(es) {still} could not be killed")
+    if job.backend is not None and job.slot is not None:
+        try:
+            on_gpu = set(job.backend.processes(job.slot.index)) & ({proc.pid} | others)
+        except Exception:  # an NVML error must not cost the record
+            on_gpu = set()
+        if on_gpu:
+            notes.append(f"process(es) {sorted(on_gpu)} of the cell still hold GPU memory after the kill")
+    return notes
+
+
+def parent_view(job: CellJob, sampler: nvml.Sampler, child: dict | None, ended_unix: float) -> dict[str, Any]:
+    """What the supervisor measured: NVML over the whole cell and per phase, headline training figures."""
+    phases = (child or {}).get("phases") or read_marks(job.run_dir.phases)
+    for span in phases.values():  # a phase the cell never ended (it died) closes at the exit
+        span.setdefault("end_unix", ended_unix)
+    timed_tokens = ((child or {}).get("metrics") or {}).get("timed_tokens")
+    metrics, missing, per_phase = nvml.attribute(sampler, phases, timed_tokens, job.nvml_reason)
+    metrics.update(job.metrics)
+    env = dict(job.env_parent)
+    if job.slot is not None:
+        env.update(nvml_gpu_name=job.slot.name, nvml_gpu_uuid=job.slot.uuid)
+    notes = []
+    if sampler.timeline.errors:
+        notes.append(f"{sampler.timeline.errors} NVML samples failed (last: {sampler.timeline.last_error})")
+    phase_figs = {k: {**v, **per_phase.get(k, {})} for k, v in phases.items()}
+    return {"metrics": metrics, "missing_reason": missing, "phases": phase_figs, "env": env, "notes": notes}

@@ -1,0 +1,105 @@
+"""A deterministic NVML backend for tests, reached through the one injection point PEFT_BENCH_NVML_BACKEND.
+
+Config (JSON) from PEFT_BENCH_FAKE_NVML, or re-read from the file PEFT_BENCH_FAKE_NVML_FILE on every call (tests
+change it while a suite runs):
+  {"devices": [{"name", "uuid", "used_mib", "processes": [{"pid", "used_mib"}]}],
+   "tree_mib": N,        reported for every running cell process and added to used_mib
+   "fail_from_call": K,  every used_mib call from the K-th on raises (a GPU fallen off the bus)
+   "fail_every": K}      every K-th used_mib call raises (a driver hiccup)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import psutil
+
+CONFIG_ENV = "PEFT_BENCH_FAKE_NVML"
+FILE_ENV = "PEFT_BENCH_FAKE_NVML_FILE"
+
+
+class FakeNvmlError(RuntimeError):
+    pass
+
+
+class FakeNvml:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @property
+    def config(self) -> dict[str, Any]:
+        path = os.environ.get(FILE_ENV)
+        if path:
+            with open(path) as fh:
+                return json.load(fh)
+        return json.loads(os.environ.get(CONFIG_ENV, "{}"))
+
+    def device_count(self) -> int:
+        return len(self.config.get("devices", []))
+
+    def _dev(self, index: int) -> dict[str, Any]:
+        return self.config["devices"][index]
+
+    def name(self, index: int) -> str:
+        return self._dev(index).get("name", f"FakeGPU{index}")
+
+    def uuid(self, index: int) -> str:
+        return self._dev(index).get("uuid", f"GPU-fake-{index}")
+
+    def driver(self) -> str | None:
+        return self.config.get("driver", "fake")
+
+    def _cells(self) -> list[int]:
+        """Running cell processes of this runner: spawned ones (`-m bench.cell`) and fork-server children."""
+        out = []
+        for p in psutil.Process(os.getpid()).children(recursive=True):
+            try:
+                cmd = " ".join(p.cmdline())
+                parent = " ".join(p.parent().cmdline()) if p.parent() else ""
+                if "bench.cell" in cmd or ("forkserver" in parent and "forkserver" in cmd):
+                    out.append(p.pid)
+            except psutil.Error:
+                continue
+        return out
+
+    def used_mib(self, index: int) -> float:
+        self.calls += 1
+        cfg = self.config
+        if cfg.get("fail_from_call") and self.calls >= cfg["fail_from_call"]:
+            raise FakeNvmlError("GPU is lost")
+        if cfg.get("fail_every") and self.calls % cfg["fail_every"] == 0:
+            raise FakeNvmlError("Unknown Error")
+        tree = cfg.get("tree_mib", 0) if cfg.get("tree_mib") and self._cells() else 0
+        return float(self._dev(index).get("used_mib", 0)) + tree
+
+    def processes(self, index: int) -> dict[int, float]:
+        cfg = self.config
+        procs = {int(p["pid"]): float(p["used_mib"]) for p in self._dev(index).get("processes", [])}
+        if cfg.get("tree_mib"):
+            for pid in self._cells():
+                procs[pid] = float(cfg["tree_mib"])
+        return procs
+
+    def energy_mj(self, index: int) -> float | None:
+        rate = self.config.get("watts")
+        if rate is None:
+            return None
+        import time
+
+        return time.time() * rate * 1000  # a counter that grows at `watts`
+
+
+def env(config: dict[str, Any] | None = None, path: str | None = None) -> dict[str, str]:
+    """Environment for a subprocess (or this process) that uses the fake."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = {
+        "PEFT_BENCH_NVML_BACKEND": "fake_nvml:FakeNvml",
+        "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
+    }
+    if config is not None:
+        out[CONFIG_ENV] = json.dumps(config)
+    if path is not None:
+        out[FILE_ENV] = path
+    return out

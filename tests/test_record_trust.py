@@ -1,0 +1,218 @@
+"""Records a user can trust: one builder for every kind of record, resume keyed on the spec, the right GPU,
+safe out-dir names, failed saves that keep the measured cell, one checkpoint per run dir, honest forgetting,
+and a full disk that stops the suite without damage."""
+
+import json
+
+import pytest
+
+import fake_nvml
+from bench import store
+from bench.execution.gpus import GpuSelectionError, resolve_slots
+from bench.record import CellExit, Record, Status, build_record
+from bench.rundir import RunDir
+from bench.runner import RunOptions, plan, run_specs
+from bench.spec import RunSpec
+from bench.suite import expand, load_suite
+from conftest import SPEC_BASE, make_suite, read_jsonl, run_cell_inproc
+
+SPEC = RunSpec.from_dict(SPEC_BASE)
+OK_CHILD = {"status": "success", "metrics": {"tokens_per_s": 10.0}, "timings": {"time_train_s": 1.0}, "child_pid": 42}
+
+
+@pytest.mark.parametrize(
+    "child, exit, status, error_type",
+    [
+        (OK_CHILD, CellExit(0), Status.SUCCESS, None),
+        (
+            {"status": "unsupported", "error": {"type": "Unsupported", "message": "fp16 needs CUDA"}},
+            CellExit(0),
+            Status.UNSUPPORTED,
+            "Unsupported",
+        ),
+        (
+            {"status": "oom", "error": {"type": "OutOfMemoryError", "message": "CUDA out of memory"}},
+            CellExit(0),
+            Status.OOM,
+            "OutOfMemoryError",
+        ),
+        (
+            {"status": "failed", "error": {"type": "ValueError", "message": "bad"}},
+            CellExit(0),
+            Status.FAILED,
+            "ValueError",
+        ),
+        (None, CellExit(-9), Status.FAILED, "signal"),
+        (None, CellExit(7, stderr_tail="boom"), Status.FAILED, "exit"),
+        (None, CellExit(-9, stderr_tail="torch.OutOfMemoryError: CUDA out of memory"), Status.OOM, "signal"),
+        (None, CellExit(None, Status.TIMEOUT, "cell timeout after 5 s"), Status.TIMEOUT, "timeout"),
+        (None, CellExit(None, Status.CANCELED, "canceled by a signal"), Status.CANCELED, "canceled"),
+        (None, CellExit(None, Status.FAILED, "job 12 never started: node failure"), Status.FAILED, "failed"),
+    ],
+    ids=[
+        "success",
+        "unsupported",
+        "oom",
+        "exception",
+        "signal",
+        "exit",
+        "oom-by-stderr",
+        "timeout",
+        "canceled",
+        "never-started",
+    ],
+)
+def test_every_kind_of_record_comes_from_the_one_builder_and_round_trips(child, exit, status, error_type):
+    parent = {
+        "metrics": {"peak_nvml_mib": None},
+        "missing_reason": {"peak_nvml_mib": "no GPU"},
+        "attempt": 1,
+        "run_dir": "/x",
+    }
+    rec = build_record(SPEC, child, exit, parent)
+    assert rec.status == status and rec.run_id == SPEC.run_id and rec.spec_hash == SPEC.spec_hash
+    assert (rec.error or {}).get("type") == error_type
+    data = json.loads(json.dumps(rec.to_dict()))
+    assert data["status"] == str(status) and Record.from_dict(data) == rec
+    if exit.exit_code is not None and exit.exit_code < 0:
+        assert rec.error["signal"] == 9 and "SIGKILL" in rec.error["message"]
+
+
+def test_builder_rejects_unknown_parent_fields():
+    with pytest.raises(TypeError, match="unknown parent field 'atempt'"):
+        build_record(SPEC, OK_CHILD, CellExit(0), {"atempt": 1})
+
+
+def test_old_records_still_read():
+    rec = Record.from_dict({"run_id": "a", "status": "success", "schema_version": 1, "metrics": {"x": 1}})
+    assert rec.status == Status.SUCCESS and rec.notes == [] and rec.phases == {}
+
+
+def finished_record(spec: RunSpec) -> dict:
+    return build_record(spec, OK_CHILD, CellExit(0)).to_dict()
+
+
+def test_resume_reruns_a_cell_whose_spec_changed_under_the_same_run_id():
+    old = finished_record(SPEC)
+    same, changed = SPEC, RunSpec.from_dict({**SPEC_BASE, "steps": 9})
+    assert same.run_id == changed.run_id
+    todo, skipped, notices = plan([same], [old], force=False)
+    assert todo == [] and skipped == 1 and notices == []
+    todo, skipped, notices = plan([changed], [old], force=False)
+    assert todo == [changed] and skipped == 0
+    assert "steps 4 -> 9" in notices[0] and changed.run_id in notices[0]
+
+
+def test_an_edit_that_changes_no_cell_reruns_nothing():
+    edited = RunSpec.from_dict({**SPEC_BASE, "suite_hash": "another-file-hash", "timeout_s": 999})
+    assert plan([edited], [finished_record(SPEC)], force=False)[0] == []
+
+
+def test_run_id_holds_every_axis_that_tells_cells_apart():
+    base = RunSpec.from_dict(SPEC_BASE)
+    ckpt = RunSpec.from_dict({**SPEC_BASE, "grad_ckpt": True})
+    seeded = RunSpec.from_dict({**SPEC_BASE, "seed": 2})
+    assert len({base.run_id, ckpt.run_id, seeded.run_id}) == 3
+    assert ckpt.run_id.endswith("--gc") and seeded.run_id.endswith("--s2")
+
+
+class TwoGpus:
+    def device_count(self):
+        return 2
+
+    def uuid(self, i):
+        return f"GPU-uuid-{i}"
+
+    def name(self, i):
+        return f"Card{i}"
+
+
+def test_inherited_visible_devices_are_honoured_in_their_order():
+    slots = resolve_slots(TwoGpus(), None, "1,0")
+    assert [(s.index, s.uuid) for s in slots] == [(1, "GPU-uuid-1"), (0, "GPU-uuid-0")]
+    assert slots[0].cell_env() == {"CUDA_VISIBLE_DEVICES": "GPU-uuid-1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert [s.index for s in resolve_slots(TwoGpus(), None, "GPU-uuid-1")] == [1]
+    assert resolve_slots(TwoGpus(), None, "") == [None]  # an empty allocation: no GPU
+    with pytest.raises(GpuSelectionError, match="GPU\\(s\\) \\[0\\] not available"):
+        resolve_slots(TwoGpus(), [0], "1")
+    with pytest.raises(GpuSelectionError, match="index 3"):
+        resolve_slots(TwoGpus(), None, "3")
+
+
+@pytest.mark.slow
+def test_cells_sample_the_gpu_their_inherited_allocation_names(tmp_path):
+    fake = {"devices": [{"name": "A", "used_mib": 10}, {"name": "B", "used_mib": 20}]}
+    path = make_suite(tmp_path, {"method": ["full", "bitfit"], "model": ["tiny-bert"]})
+    from conftest import cli
+
+    res = cli(
+        "run", str(path), "--out", str(tmp_path / "out"), env={**fake_nvml.env(fake), "CUDA_VISIBLE_DEVICES": "1"}
+    )
+    assert res.returncode == 0, res.stderr
+    for rec in read_jsonl(tmp_path / "out" / "results.jsonl"):
+        assert rec["gpu_index"] == 1 and rec["env"]["nvml_gpu_name"] == "B"
+        assert rec["env"]["cuda_visible_devices"] == "GPU-fake-1" and rec["metrics"]["baseline_nvml_mib"] == 20
+
+
+def test_suite_names_are_slugged_for_paths(tmp_path):
+    from bench.spec import slug
+
+    assert slug("../x") == "_x" and "/" not in slug("/etc/passwd") and slug("..") == "_"
+
+
+def test_attempts_keep_only_the_latest_checkpoint(tmp_path):
+    rd = RunDir(tmp_path / "cell")
+    assert rd.new_attempt() == 1
+    (rd.checkpoint).mkdir()
+    (rd.checkpoint / "big.safetensors").write_bytes(b"x" * 1000)
+    rd.spec.write_text("{}")
+    assert rd.new_attempt() == 2
+    assert (rd.attempts / "1" / "spec.json").exists() and not (rd.attempts / "1" / "checkpoint").exists()
+
+
+def test_a_failed_save_keeps_the_cell_a_success_with_the_reason(tmp_path, fault_env):
+    res = run_cell_inproc(tmp_path, method="fault-badsave")
+    assert res["status"] == "success", res.get("error")
+    assert res["metrics"]["checkpoint_bytes"] is None
+    assert "checkpoint save failed: OSError" in res["missing_reason"]["checkpoint_bytes"]
+    assert "No space left" in res["checkpoint"]["error"] and res["metrics"]["score_after"] is not None
+
+
+def test_forgetting_compares_the_same_attachment_state(tmp_path):
+    """An untrained soft prompt (lr 0) forgets nothing: before and after are both measured with it attached."""
+    res = run_cell_inproc(
+        tmp_path,
+        model="tiny-llama",
+        task="reverse",
+        method="prompt",
+        lr=0.0,
+        steps=2,
+        task_options={"n_train": 16, "n_eval": 4},
+    )
+    assert res["status"] == "success", res.get("error")
+    assert res["metrics"]["forgetting_delta"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_disk_full_stops_the_suite_cleanly_and_resume_continues(tmp_path, monkeypatch):
+    path = make_suite(tmp_path, {"method": ["full", "bitfit", "lora"], "model": ["tiny-bert"]})
+    real = store.append_record
+    calls = []
+
+    def full_on_second(out, rec):
+        calls.append(rec.run_id)
+        if len(calls) == 2:
+            raise store.DiskFull("cannot append: No space left on device; free space and rerun to resume")
+        real(out, rec)
+
+    monkeypatch.setattr(store, "append_record", full_on_second)
+    specs = expand(load_suite(path))
+    summary = run_specs(specs, RunOptions(out_dir=tmp_path / "out"), progress=lambda s: None)
+    assert summary.exit_code == 1 and "No space left" in summary.stopped and summary.ran == 1
+    assert len(calls) == 2  # the third cell was never started
+    monkeypatch.setattr(store, "append_record", real)
+    summary = run_specs(specs, RunOptions(out_dir=tmp_path / "out"), progress=lambda s: None)
+    assert summary.skipped == 1 and summary.ran == 2
+    assert sorted(r["run_id"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")) == sorted(
+        s.run_id for s in specs
+    )
