@@ -46,12 +46,29 @@ def _run(args: argparse.Namespace) -> int:
         out, args.force, args.only, args.executor or suite.executor.get("kind", "local"), local, settings
     )
     print(f"suite {suite.name!r}: {len(specs)} cells -> {out}", flush=True)
+    _print_estimate(specs, out, args.force)
     summary = runner.run_specs(specs, opts, progress=lambda line: print(line, flush=True))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to run"
     print(f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s -> {out}")
     if summary.stopped:
         print(f"error: {summary.stopped}", file=sys.stderr)
     return summary.exit_code
+
+
+def _print_estimate(specs: list, out: Path, force: bool) -> None:
+    """A wall-time estimate before a CPU suite runs (GPU cells: only from earlier records)."""
+    from bench import nvml, runner, store, walltime
+
+    read = store.read_records(out)
+    todo, _, _ = runner.plan(specs, read.records, force)
+    earlier = store.latest_by_run_id(read.records)
+    gpu = any(s.device == "cuda" for s in todo) or (any(s.device == "auto" for s in todo) and nvml.open_backend()[0])
+    if not todo:
+        return
+    if gpu and not all(earlier.get(s.run_id, {}).get("duration_s") for s in todo):
+        print("estimated wall time: unknown for GPU cells without earlier records in this out dir", flush=True)
+        return
+    print(walltime.estimate(todo, earlier).line(len(todo)), flush=True)
 
 
 def _gpus(text: str | None) -> list[int] | None:

@@ -55,6 +55,21 @@ METRICS: dict[str, str] = {
     "general_loss_before": "LM loss on general text before training, method attached (causal LM)",
     "general_loss_after": "the same after training",
     "forgetting_delta": "general_loss_after - general_loss_before",
+    # method-specific (distill, prune, lowrank)
+    "teacher_params": "parameters of the frozen teacher (distill; 0 without one)",
+    "teacher_memory_mib": "bytes of the teacher's weights and buffers on the device",
+    "teacher_forward_s": "time of the teacher's forwards over all training steps",
+    "teacher_forward_share": "teacher_forward_s / the training steps' time",
+    "student_layers": "blocks kept in the student (distill with student_layers)",
+    "prune_sparsity": "achieved share of zero (or removed) weights in the pruned layers",
+    "nonzero_params": "parameters that are not zero after pruning and fine-tuning",
+    "model_dense_bytes": "bytes of the pruned model's weights stored dense",
+    "model_sparse_bytes": "bytes of the same stored sparse (non-zero values + a 1-bit mask, where smaller)",
+    "score_unpruned": "the task's score before pruning",
+    "score_pruned": "the task's score right after pruning, before fine-tuning",
+    "lowrank_compression": "factor parameters / original parameters of the factorized layers",
+    "lowrank_rank_mean": "mean rank kept per factorized layer",
+    "score_factorized": "the task's score right after factorization, before fine-tuning",
 }
 # task metrics appear with the suffixes _before / _after (e.g. accuracy_after, macro_f1_before)
 PATTERNS: dict[str, str] = {

@@ -3,8 +3,9 @@ weights or (`weights: random`) only its configuration and seeded random weights.
 
 Random-weight models are built directly on the cell's device in the dtype the precision plan stores the base in,
 with the constructors' own initialisation switched off and transformers' initialisation run once there (on a GPU
-that takes milliseconds instead of half a minute of CPU work). Quantized bases are quantized in memory by
-transformers' bitsandbytes path (`from_pretrained(None, state_dict=...)`), never through a temporary directory.
+that takes milliseconds instead of half a minute of CPU work). Quantized random bases go through transformers'
+bitsandbytes loader with a lazy state dict (`from_pretrained(None, state_dict=...)`): each weight is drawn on the
+device and quantized before the next, so a 70B-class shape never exists in bf16; no temporary directory.
 """
 
 from __future__ import annotations
@@ -129,13 +130,47 @@ def build_random(cls: Any, cfg: Any, device: str, dtype: str, seed: int) -> Any:
     return model
 
 
-def quantize_in_memory(model: Any, cfg: Any, quant: Any, device: str) -> Any:
-    """The same model as a bitsandbytes-quantized base, through transformers' real loading path, in memory."""
+class RandomTensor:
+    """A parameter's seeded random values, made only when transformers' loader reads it (`tensor[...]`), on the
+    target device: a quantized base is built layer by layer, never whole in bf16."""
+
+    def __init__(self, shape: tuple[int, ...], kind: str, std: float, seed: int, device: str):
+        import torch
+
+        self.shape, self.kind, self.std, self.seed, self.device = tuple(shape), kind, std, seed, device
+        self.dtype = torch.bfloat16
+
+    def __getitem__(self, key: Any) -> Any:
+        import torch
+
+        if self.kind != "normal":
+            fill = torch.ones if self.kind == "ones" else torch.zeros
+            return fill(self.shape, dtype=self.dtype, device=self.device)[key]
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return out.normal_(0.0, self.std, generator=gen)[key]
+
+
+def random_quantized(cls: Any, cfg: Any, quant: Any, device: str, seed: int) -> Any:
+    """A bitsandbytes-quantized base with seeded random weights, through transformers' real quantizing loader,
+    in memory and one parameter at a time (norm weights 1, biases 0, the rest N(0, initializer_range))."""
+    import zlib
+
     import torch
 
-    state = model.state_dict()
+    meta = build_random(cls, cfg, "meta", "bfloat16", seed)
+    modules = dict(meta.named_modules())
+    std = getattr(cfg, "initializer_range", 0.02) or 0.02
+    state, seen = {}, set()
+    for key, tensor in meta.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:  # tied weights (embeddings / lm_head) are one parameter
+            continue
+        seen.add(id(tensor))
+        module = modules[key.rpartition(".")[0]]
+        kind = "ones" if "Norm" in type(module).__name__ and key.endswith("weight") else "zeros" if key.endswith("bias") else "normal"
+        state[key] = RandomTensor(tensor.shape, kind, std, seed ^ zlib.crc32(key.encode()), "cuda" if device == "cuda" else "cpu")
     target = {"": 0} if device == "cuda" else {"": "cpu"}
-    return type(model).from_pretrained(
+    return type(meta).from_pretrained(
         None, config=cfg, state_dict=state, quantization_config=quant, dtype=torch.bfloat16, device_map=target
     )
 
@@ -158,9 +193,10 @@ def load_model(
     info: dict[str, Any] = {"source": source.kind, "random_weights": source.random_weights}
     if source.random_weights:
         cfg, where = load_config(source, kind, num_labels, options)
-        model = build_random(cls, cfg, device, "bfloat16" if quant is not None else dtype, seed)
-        if quant is not None:
-            model = quantize_in_memory(model, cfg, quant, device)
+        if quant is None:
+            model = build_random(cls, cfg, device, dtype, seed)
+        else:
+            model = random_quantized(cls, cfg, quant, device, seed)
         info.update(where)
     else:
         model = _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, options)

@@ -49,6 +49,8 @@ def type_error(value: Any, hint: Any) -> str | None:
         return None if any(e is None for e in errors) else f"{value!r} does not fit {_name(hint)}"
     if hint is type(None):
         return None if value is None else "expected null"
+    if origin is dict:
+        return None if isinstance(value, dict) else f"expected a mapping, got {type(value).__name__} {value!r}"
     if origin in (list, tuple):
         if not isinstance(value, list):
             return f"expected a list, got {type(value).__name__} {value!r}"

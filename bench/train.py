@@ -22,6 +22,7 @@ class TrainStats:
     timed_padded_tokens: int = 0  # tokens including padding (what the device computed on)
     timed_samples: int = 0
     skipped_steps: int = 0  # optimizer steps the fp16 scaler skipped for inf/nan gradients
+    all_steps_s: float = 0.0  # every step's time, warm-up included
     shapes: set[tuple[int, ...]] = field(default_factory=set)  # input shapes seen (fixed-shape data: one per micro)
 
 
@@ -63,10 +64,13 @@ def input_casting_off(model: Any, plan: PrecisionPlan) -> Any:
 
 @dataclass
 class Step:
-    """What one micro-batch forward needs: the batch on the device and the effective batch's target count."""
+    """What one micro-batch forward needs: the batch on the device, its own target count and the effective
+    batch's (a term that does not depend on the data, like a regulariser, is weighted targets / total_targets
+    per micro-batch so it counts once per optimizer step whatever the split)."""
 
     batch: dict[str, Any]
     total_targets: int
+    targets: int
 
 
 def train(model: Any, task: Any, spec: Any, method: Any, plan: PrecisionPlan, device: str, marks: Any) -> TrainStats:
@@ -85,17 +89,18 @@ def train(model: Any, task: Any, spec: Any, method: Any, plan: PrecisionPlan, de
     with input_casting_off(model, plan):
         for step in range(spec.steps):
             micro = task.micro_batches(next(batches), spec.micro_batch)
-            total = sum(task.target_count(b, method.prepends_tokens) for b in micro)
+            counts = [task.target_count(b, method.prepends_tokens) for b in micro]
+            total = sum(counts)
             timed = step >= spec.warmup_steps
             if timed and step == spec.warmup_steps:
                 marks.start("train_timed")
             sync(device)
             t0 = time.perf_counter()
             step_loss = torch.zeros((), device=device)
-            for batch in micro:
+            for batch, count in zip(micro, counts):
                 on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast():
-                    loss = method.loss(model, task, Step(on_device, total))
+                    loss = method.loss(model, task, Step(on_device, total, count))
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.detach()
             _optimizer_step(optimizer, scaler, stats)
@@ -122,6 +127,7 @@ def _optimizer_step(optimizer: Any, scaler: Any, stats: TrainStats) -> None:
 
 def _account(stats: TrainStats, step_loss: Any, micro: list[dict[str, Any]], timed: bool, elapsed: float) -> None:
     value = float(step_loss)
+    stats.all_steps_s += elapsed
     stats.losses.append(value if math.isfinite(value) else float("nan"))
     for b in micro:
         stats.shapes.add(tuple(b["input_ids"].shape))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,22 @@ def build(model_name: str, method_name: str, options: dict | None = None, precis
     task.load(tok, model.config)
     cfg, problems = parse_options(method_cls.config_cls, options or {}, "method")
     assert not problems, problems
-    ctx = MethodContext(task_cls.model_kind, precision, spec.steps, 0, False, tok)
+    def load_frozen(source, options=None):
+        frozen = load_model(source, task_cls.model_kind, task_cls.num_labels, 0, options=options or {}).model
+        return frozen.requires_grad_(False).eval()
+
+    ctx = MethodContext(
+        task_cls.model_kind,
+        precision,
+        spec.steps,
+        0,
+        False,
+        tok,
+        num_labels=task_cls.num_labels,
+        evaluate=lambda m: task.evaluate(m.eval(), "cpu", 8, nullcontext)["score"],
+        load_frozen_model=load_frozen,
+        load_method=lambda name: registry.load("method", name),
+    )
     method = method_cls()
     model = method.apply(model, cfg, ctx)
     return Applied(model, method, cfg, ctx, task, spec)

@@ -29,6 +29,9 @@ ALL = [
     "adapter",
     "bitfit",
     "freeze",
+    "distill",
+    "prune",
+    "lowrank",
 ]
 UNSUPPORTED = {("tiny-llama", "bitfit"): "no bias terms", ("tiny-bert", "prefix"): "past key values"}
 OPTIONS = {
@@ -71,17 +74,18 @@ def expected_trainable(model: str, method: str) -> int | None:
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
 @pytest.mark.parametrize("method", ALL)
 def test_only_intended_parameters_change(model, method, tmp_path):
+    options = {"teacher": model, "student_layers": 1} if method == "distill" else OPTIONS.get(method)
     if (model, method) in UNSUPPORTED:
         with pytest.raises(Unsupported, match=UNSUPPORTED[(model, method)]):
-            build(model, method, OPTIONS.get(method))
+            build(model, method, options)
         return
-    a = build(model, method, OPTIONS.get(method))
+    a = build(model, method, options)
     before = {n: p.detach().clone() for n, p in a.model.named_parameters()}
     trainable = {n for n, p in a.model.named_parameters() if p.requires_grad}
     train_steps(a)
     changed = {n for n, p in a.model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
-    if method == "adalora":  # rank pruning keeps some singular values at zero
+    if method in ("adalora", "prune"):  # rank pruning / pruned weights keep some entries at zero
         assert changed
     else:
         assert changed == trainable, f"trainable but unchanged: {sorted(trainable - changed)[:5]}"

@@ -134,20 +134,10 @@ def phase_data(c: Cell) -> None:
 
 def phase_apply(c: Cell) -> None:
     from bench.cell.measure import count_params
-    from bench.methods.base import MethodContext
     from bench.precision import cast_frozen, dtype_report, keep_quantized_weights_trainable_on_cpu
 
     spec = c.spec
-    ctx = MethodContext(
-        c.task_cls.model_kind,
-        spec.precision,
-        spec.steps,
-        spec.seed,
-        c.plan.quantized,
-        c.tokenizer,
-        c.device,
-        spec.grad_ckpt,
-    )
+    ctx = method_context(c)
     c.method = c.method_cls()
     c.model = c.method.apply(c.model, c.method_cfg, ctx)
     cast_frozen(c.model, c.plan)
@@ -161,6 +151,41 @@ def phase_apply(c: Cell) -> None:
     c.metrics["trainable_pct"] = 100 * c.metrics["trainable_params"] / max(c.metrics["total_params"], 1)
     c.metrics["micro_batch_size"] = spec.micro_batch
     c.result["dtypes"] = dtype_report(c.model, c.plan)
+
+
+def method_context(c: Cell) -> Any:
+    """What a method may use: the cell's facts, an evaluation of the task now, and loaders for frozen models
+    (a teacher) and other methods (composition)."""
+    from bench import registry
+    from bench.methods.base import MethodContext
+    from bench.models import load_model
+
+    def evaluate(model: Any) -> float:
+        model.eval()
+        return c.task.evaluate(model, c.device, c.spec.eval_batch, c.autocast)["score"]
+
+    def load_frozen_model(source: str, options: dict[str, Any] | None = None) -> Any:
+        kind, labels = c.task_cls.model_kind, c.task_cls.num_labels
+        dtype = c.plan.storage_dtype(False)
+        model = load_model(source, kind, labels, c.spec.seed, device=c.device, dtype=dtype, options=options or {}).model
+        model.requires_grad_(False)
+        return model.eval()
+
+    spec = c.spec
+    return MethodContext(
+        c.task_cls.model_kind,
+        spec.precision,
+        spec.steps,
+        spec.seed,
+        c.plan.quantized,
+        c.tokenizer,
+        c.device,
+        spec.grad_ckpt,
+        c.task_cls.num_labels,
+        evaluate,
+        load_frozen_model,
+        lambda name: registry.load("method", name),
+    )
 
 
 def enable_grad_ckpt(model: Any, method: Any) -> None:
@@ -216,7 +241,7 @@ def phase_train(c: Cell) -> None:
     input_level = c.method_cls.prepends_tokens or getattr(c.method_cls, "input_level", False)
     c.metrics.update(flops_per_token(c.model, c.model.config, c.spec.seq_len, input_level, c.spec.grad_ckpt))
     utilisation(c.metrics, c.missing, c.result["env"], c.plan.compute_dtype)
-    c.metrics.update(c.method.metrics())
+    c.metrics.update(c.method.metrics(stats.all_steps_s))
     c.result["loss_curve"] = stats.losses
     c.result["step_times_s"] = stats.step_times_s
 

@@ -25,6 +25,10 @@ class MethodContext:
     tokenizer: Any = None
     device: str = "cpu"
     grad_ckpt: bool = False  # gradient checkpointing is on for this cell (the harness enables it after apply)
+    num_labels: int | None = None
+    evaluate: Any = None  # evaluate(model) -> the task's headline score now (e.g. before and after pruning)
+    load_frozen_model: Any = None  # load_frozen_model(source, options) -> a frozen model on the cell's device
+    load_method: Any = None  # load_method(name) -> (method class, config parser): to compose methods
 
 
 class Method:
@@ -46,8 +50,9 @@ class Method:
         regulariser, a distillation loss); keep the division so accumulation stays exact."""
         return task.loss(model, step.batch, step.total_targets)
 
-    def metrics(self) -> dict[str, Any]:
-        """Extra figures for the record's metrics (e.g. a teacher's parameters); called after training."""
+    def metrics(self, train_time_s: float) -> dict[str, Any]:
+        """Extra figures for the record's metrics (e.g. a teacher's parameters and its share of the training
+        time `train_time_s`); called after training. Names need an entry in bench/metric_docs.py."""
         return {}
 
     def after_optimizer_step(self, model: Any, step: int) -> None:

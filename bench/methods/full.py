@@ -19,6 +19,7 @@ class FullFineTune(Method):
 
     def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
         self.ship_dtype = SHIP_DTYPE.get(ctx.precision, "float32")
+        self.tokenizer = ctx.tokenizer  # shipped with the model, so the checkpoint is a complete model source
         for p in model.parameters():
             p.requires_grad = True
         return model
@@ -31,7 +32,9 @@ class FullFineTune(Method):
         dtype = getattr(torch, getattr(self, "ship_dtype", "float32"))
         state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
         model.save_pretrained(out_dir, state_dict=state)
-        return {"saved": "full model", "dtype": str(dtype).replace("torch.", "")}
+        if getattr(self, "tokenizer", None) is not None:
+            self.tokenizer.save_pretrained(out_dir)
+        return {"saved": "full model" + (" and tokenizer" if getattr(self, "tokenizer", None) else ""), "dtype": str(dtype).replace("torch.", "")}
 
     def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
         return type(base_model).from_pretrained(ckpt_dir, dtype=base_model.dtype)

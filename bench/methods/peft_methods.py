@@ -25,10 +25,8 @@ class PeftMethod(Method):
     def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
         import peft
 
-        if ctx.quantized:
-            model = peft.prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=bool(getattr(config, "gradient_checkpointing", False))
-            )
+        if ctx.quantized:  # checkpointing is the grad_ckpt axis, enabled by the harness after apply
+            model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return peft.get_peft_model(model, self.peft_config(config, ctx))
 
     def save(self, model: Any, out_dir: Path) -> dict[str, Any]:
@@ -47,7 +45,6 @@ class LoraOptions(MethodConfig):
     alpha: int = 16
     dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         if self.r < 1:
@@ -110,10 +107,23 @@ class AdaLoraOptions(MethodConfig):
     target_modules: str | list[str] = "all-linear"
     tinit_fraction: float = 0.1
     tfinal_fraction: float = 0.2
+    orth_reg_weight: float = 0.5  # weight of the orthogonality regulariser on P and Q (peft's default)
+
+
+def orthogonality_penalty(model: Any) -> Any:
+    """AdaLoRA's regulariser: mean over lora_A / lora_B of ||P P^T - I||_F (A) or ||Q^T Q - I||_F (B)."""
+    import torch
+
+    terms = []
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and p.requires_grad and p.numel():
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            terms.append(torch.norm(cov - torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype), p="fro"))
+    return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
 class AdaLoRA(PeftMethod):
-    """Adaptive-rank LoRA. The orthogonality regulariser is not added (the harness computes the task loss)."""
+    """Adaptive-rank LoRA with its orthogonality regulariser (added through the loss hook, once per step)."""
 
     name = "adalora"
     config_cls = AdaLoraOptions
@@ -132,7 +142,18 @@ class AdaLoRA(PeftMethod):
             total_step=ctx.steps,
             tinit=tinit,
             tfinal=min(tfinal, max(ctx.steps - tinit - 1, 0)),
+            orth_reg_weight=0.0,  # peft would add it to every micro-batch's loss; `loss` adds it once per step
         )
+
+    def apply(self, model: Any, config: AdaLoraOptions, ctx: MethodContext) -> Any:
+        self.orth_reg_weight = config.orth_reg_weight
+        return super().apply(model, config, ctx)
+
+    def loss(self, model: Any, task: Any, step: Any) -> Any:
+        base = task.loss(model, step.batch, step.total_targets)
+        if not self.orth_reg_weight:
+            return base
+        return base + self.orth_reg_weight * orthogonality_penalty(model) * (step.targets / max(step.total_targets, 1))
 
     def after_optimizer_step(self, model: Any, step: int) -> None:
         model.base_model.update_and_allocate(step)

@@ -44,17 +44,33 @@ class Task:
         raise NotImplementedError
 
     # -- shared machinery ------------------------------------------------------------------------------
+    group_by_length: bool = False  # tasks of variable-length examples may batch similar lengths together
+
     def train_batches(self, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-        """Endless effective batches in a seeded order that does not depend on micro-batching."""
+        """Endless effective batches in a seeded order that does not depend on micro-batching.
+
+        With `group_by_length`, each epoch is shuffled, cut into pools of 16 batches, each pool sorted by length and
+        cut into batches, and the batches shuffled (as HF Trainer's group_by_length): little padding, random order."""
         rng = random.Random(self.seed)
         order: list[int] = []
         while True:
             if len(order) < batch_size:
-                epoch = list(range(len(self.train)))
-                rng.shuffle(epoch)
-                order.extend(epoch)
+                order.extend(self._epoch(rng, batch_size))
             yield [self.train[i] for i in order[:batch_size]]
             del order[:batch_size]
+
+    def _epoch(self, rng: random.Random, batch_size: int) -> list[int]:
+        epoch = list(range(len(self.train)))
+        rng.shuffle(epoch)
+        if not self.group_by_length:
+            return epoch
+        pool = 16 * batch_size
+        batches = []
+        for start in range(0, len(epoch), pool):
+            chunk = sorted(epoch[start : start + pool], key=lambda i: len(self.train[i]["input_ids"]))
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        return [i for b in batches for i in b]
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         """Right-pad input_ids; labels are per-token (-100 ignored) for causal LM or one int per example.
@@ -95,9 +111,12 @@ class Task:
         return int((labels[:, 1:] != IGNORE).sum()) + (int((labels[:, 0] != IGNORE).sum()) if prepends_tokens else 0)
 
     def loss(self, model: Any, batch: dict[str, Any], total_targets: int) -> Any:
-        """This micro-batch's summed loss / the effective batch's target count (exact gradient accumulation).
+        """This micro-batch's summed loss / the effective batch's target count (exact gradient accumulation)."""
+        return self.loss_and_logits(model, batch, total_targets)[0]
 
-        Causal LM: the model's own loss (`labels`, `num_items_in_batch`), exactly what a plain loop computes."""
+    def loss_and_logits(self, model: Any, batch: dict[str, Any], total_targets: int) -> tuple[Any, Any]:
+        """(loss as in `loss`, the model's logits). Causal LM: the model's own loss (`labels`,
+        `num_items_in_batch`), exactly what a plain loop computes."""
         import torch.nn.functional as F
 
         if self.model_kind == "causal_lm":
@@ -107,9 +126,9 @@ class Task:
                 labels=batch["labels"],
                 num_items_in_batch=max(total_targets, 1),
             )
-            return out.loss
+            return out.loss, out.logits
         logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / max(total_targets, 1)
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / max(total_targets, 1), logits
 
     def loss_sum(self, logits: Any, batch: dict[str, Any], chunk_tokens: int = 1024) -> Any:
         """Summed loss of a batch's targets from its logits, in fp32 chunks of positions (evaluation: no full-vocab
@@ -157,8 +176,9 @@ def classification_eval(task: Task, model: Any, device: Any, batch_size: int, au
 
     preds: list[int] = []
     refs: list[int] = []
+    by_length = sorted(task.eval, key=lambda e: len(e["input_ids"]))  # order does not change the metrics
     with torch.no_grad(), autocast():
-        for chunk in batched(task.eval, batch_size):
+        for chunk in batched(by_length, batch_size):
             batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
             preds.extend(logits.argmax(-1).tolist())

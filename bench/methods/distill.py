@@ -1,0 +1,145 @@
+"""Knowledge distillation: a frozen teacher's softened outputs train a student.
+
+The cell's model is the student's starting point; `student_layers: k` keeps k evenly spaced blocks of it (the
+DistilBERT way: give the teacher's checkpoint as the model to take its layers). The teacher is any model source
+(named config, config file, directory, hub id, or a full-model checkpoint directory an earlier run wrote), loaded
+frozen on the cell's device, so its memory and forward time are part of the cell's. The student may itself use
+another method (`student_method: lora`). `alpha: 0` trains the same student without the teacher (the control).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import Unsupported
+from bench.methods.base import Method, MethodConfig, MethodContext
+
+
+@dataclass
+class DistillOptions(MethodConfig):
+    teacher: str = ""
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # model options of the teacher (e.g. weights)
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the soft (teacher) loss; 1 - alpha on the task loss
+    student_layers: int | None = None  # keep this many evenly spaced blocks of the cell's model
+    student_method: str = "full"
+    student_method_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.teacher and self.alpha > 0:
+            raise ValueError("distill needs `teacher` (a model source) unless alpha is 0")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise ValueError("alpha must be in [0, 1] and temperature > 0")
+        if self.student_layers is not None and self.student_layers < 1:
+            raise ValueError("student_layers must be >= 1")
+
+
+def keep_layers(model: Any, k: int) -> list[int]:
+    """Keep k evenly spaced transformer blocks (first and last included); returns the kept indices."""
+    import torch
+
+    from bench.methods.selective import transformer_layers
+
+    name, layers = transformer_layers(model)
+    n = len(layers)
+    if k > n:
+        raise Unsupported(f"student_layers={k} but the model has only {n} layers")
+    keep = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [0]
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, torch.nn.ModuleList([layers[i] for i in keep]))
+    for new_index, block in enumerate(getattr(parent, attr)):
+        for m in block.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = new_index  # caches and rotary bookkeeping index blocks by position
+    model.config.num_hidden_layers = len(keep)
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    return keep
+
+
+class Distill(Method):
+    """Knowledge distillation from a frozen teacher into a (smaller) student, optionally through another method."""
+
+    name = "distill"
+    config_cls = DistillOptions
+    trains_base = True
+    quantized_base_ok = False
+
+    def apply(self, model: Any, config: DistillOptions, ctx: MethodContext) -> Any:
+        self.config, self.teacher, self.teacher_s = config, None, 0.0
+        self.kept = keep_layers(model, config.student_layers) if config.student_layers else None
+        if config.alpha > 0:
+            self.teacher = ctx.load_frozen_model(config.teacher, config.teacher_options)
+        self.inner, inner_cfg = student_method(config, ctx)
+        return self.inner.apply(model, inner_cfg, ctx)
+
+    def load(self, base_model: Any, config: DistillOptions, ctx: MethodContext, ckpt_dir: Path) -> Any:
+        if config.student_layers:
+            keep_layers(base_model, config.student_layers)
+        inner, inner_cfg = student_method(config, ctx)
+        return inner.load(base_model, inner_cfg, ctx, ckpt_dir)
+
+    def loss(self, model: Any, task: Any, step: Any) -> Any:
+        hard, logits = task.loss_and_logits(model, step.batch, step.total_targets)
+        if self.teacher is None:
+            return hard
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            teacher = self.teacher(input_ids=step.batch["input_ids"], attention_mask=step.batch.get("attention_mask")).logits
+        if logits.is_cuda:
+            torch.cuda.synchronize()  # only when distilling: its teacher share needs a clock around the forward
+        self.teacher_s += time.perf_counter() - t0
+        soft = soft_loss(logits, teacher, step.batch, self.config.temperature, task.model_kind) / max(step.total_targets, 1)
+        return (1 - self.config.alpha) * hard + self.config.alpha * soft
+
+    def after_optimizer_step(self, model: Any, step: int) -> None:
+        self.inner.after_optimizer_step(model, step)
+
+    def save(self, model: Any, out_dir: Path) -> dict[str, Any] | None:
+        return self.inner.save(model, out_dir)
+
+    def metrics(self, train_time_s: float) -> dict[str, Any]:
+        from bench.cell.measure import count_params
+
+        teacher = self.teacher
+        return {
+            "teacher_params": count_params(teacher)[1] if teacher is not None else 0,
+            "teacher_memory_mib": sum(t.numel() * t.element_size() for t in [*teacher.parameters(), *teacher.buffers()])
+            / 2**20
+            if teacher is not None
+            else 0.0,
+            "teacher_forward_s": self.teacher_s,
+            "teacher_forward_share": self.teacher_s / train_time_s if train_time_s else None,
+            "student_layers": len(self.kept) if self.kept else None,
+        }
+
+
+def student_method(config: DistillOptions, ctx: MethodContext) -> tuple[Any, Any]:
+    """The method that trains the student, and its parsed options."""
+    from bench.options import parse_options
+
+    cls = ctx.load_method(config.student_method)
+    cfg, problems = parse_options(cls.config_cls, config.student_method_options, "student_method")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return cls(), cfg
+
+
+def soft_loss(student: Any, teacher: Any, batch: dict[str, Any], temperature: float, kind: str) -> Any:
+    """Summed KL(teacher || student) of temperature-softened distributions, x T^2 (Hinton et al.): per example
+    for classification, per labelled target token for causal LM."""
+    import torch.nn.functional as F
+
+    t = temperature
+    if kind == "causal_lm":
+        mask = batch["labels"][:, 1:] != -100
+        student, teacher = student[:, :-1][mask], teacher[:, :-1][mask]
+    log_p = F.log_softmax(student.float() / t, dim=-1)
+    log_q = F.log_softmax(teacher.float() / t, dim=-1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="sum") * t * t
