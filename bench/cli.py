@@ -33,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
         gpus=_gpus(args.gpus),
         allow_busy_gpu=args.allow_busy_gpu,
         busy_threshold_mib=args.busy_threshold_mib,
+        fit_check=not args.no_fit_check,
     )
     settings = {k: v for k, v in suite.executor.items() if k != "kind"}
     settings.update(
@@ -78,6 +79,15 @@ def _gpus(text: str | None) -> list[int] | None:
         return [int(g) for g in text.split(",")]
     except ValueError:
         raise SuiteError([f"--gpus {text!r}: expected comma-separated integers like 0,1,2,3"]) from None
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from bench.dryrun import print_dry_run
+    from bench.suite import expand, load_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    print_dry_run(suite, expand(suite))
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -171,6 +181,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--gpus", help="comma-separated NVML GPU indices, one cell per GPU at a time (default: all visible)")
     r.add_argument("--allow-busy-gpu", action="store_true", help="run on a GPU other processes use (recorded)")
     r.add_argument("--busy-threshold-mib", type=float, default=500.0)
+    r.add_argument("--no-fit-check", action="store_true", help="start cells even when their memory estimate exceeds the free GPU memory")
     r.add_argument(
         "--executor", choices=["local", "slurm", "submitit-local"], help="local (default), or one submitit job per cell"
     )
@@ -185,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peft-bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    es = sub.add_parser("estimate", help="each cell's estimated training memory and each model's size, nothing run")
+    es.add_argument("suite")
+    es.add_argument("overrides", nargs="*", metavar="key=value")
+    es.set_defaults(fn=_estimate)
     ls = sub.add_parser("list", help="list methods, tasks, models, training defaults or the record schema")
     ls.add_argument("what", choices=["methods", "tasks", "models", "defaults", "schema"])
     ls.set_defaults(fn=_list)
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may follow options: `run SUITE --dry-run steps=5`
-        if args.command != "run" or any(e.startswith("-") or "=" not in e for e in extra):
+        if args.command not in ("run", "estimate") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     try:

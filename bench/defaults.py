@@ -43,6 +43,13 @@ TABLE: tuple[Default, ...] = (
         False,
     ),
     Default(
+        "inference",
+        (dict, type(None)),
+        None,
+        "opt-in phase after save: `{new_tokens: 64, batch: 1, prompt_len: 32}` generation cost of base / adapter / merged",
+        True,
+    ),
+    Default(
         "cuda_alloc_conf",
         str,
         "expandable_segments:True",

@@ -1,5 +1,6 @@
-"""`peft-bench run --dry-run`: the cells, and each model's parameter count from its config alone (built on the
-meta device: no weights, no download beyond config.json)."""
+"""`peft-bench run --dry-run` and `peft-bench estimate`: the cells with their estimated training memory, and each
+model's parameter count from its config alone (built on the meta device: no weights, no download beyond
+config.json)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,29 @@ def model_sizes(specs: list[RunSpec]) -> list[tuple[str, int | None, str]]:
     return list(seen.values())
 
 
-def print_dry_run(suite: Any, specs: list[RunSpec]) -> None:
+def estimate_lines(specs: list[RunSpec]) -> list[str]:
+    """One line per cell: run id and its memory estimate, GiB (or why there is none)."""
+    from bench.estimate import estimate_spec
+
+    width = max(len(s.run_id) for s in specs)
+    lines = [f"{'cell':{width}s}  weights + grads + optimizer + activations = total GiB (training, before CUDA context)"]
     for spec in specs:
-        print(spec.run_id)
+        est, why = estimate_spec(spec)
+        if est is None:
+            lines.append(f"{spec.run_id:{width}s}  no estimate: {why}")
+            continue
+        parts = [est.weights_mib, est.gradients_mib, est.optimizer_mib, est.activations_mib]
+        figures = " + ".join(f"{p / 1024:.2f}" for p in parts)
+        lines.append(f"{spec.run_id:{width}s}  {figures} = {est.total_mib / 1024:.2f}")
+    return lines
+
+
+def print_dry_run(suite: Any, specs: list[RunSpec], with_estimates: bool = True) -> None:
+    if with_estimates:
+        print("\n".join(estimate_lines(specs)))
+    else:
+        for spec in specs:
+            print(spec.run_id)
     print(f"{len(specs)} cells in suite {suite.name!r} ({suite.path}, sha256 {suite.content_hash})")
     print("models (parameters from the config, no weights loaded):")
     for label, n, why in model_sizes(specs):

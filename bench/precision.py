@@ -34,6 +34,20 @@ class PrecisionPlan:
         return "float32" if trains_base or self.half_dtype is None else self.half_dtype
 
 
+LABELS = {
+    "fp32": PrecisionPlan("fp32", "no", None, False),
+    "fp16": PrecisionPlan("fp16", "fp16", "float16", False),
+    "bf16": PrecisionPlan("bf16", "bf16", "bfloat16", False),
+    "int8": PrecisionPlan("int8", "bf16", None, True),
+    "nf4": PrecisionPlan("nf4", "bf16", None, True),
+}
+
+
+def label_plan(name: str) -> PrecisionPlan:
+    """What a precision label means, without checking this machine (estimates before a run)."""
+    return LABELS[name]
+
+
 def plan_precision(name: str, device: str, allow_emulated: bool = False) -> PrecisionPlan:
     """The plan for `name` on `device` ("cpu" | "cuda"); Unsupported where it cannot be honoured."""
     if name == "fp32":

@@ -14,6 +14,7 @@ MEMORY_HEADERS = {
     "train_peak_nvml_process_mib": "train peak MiB (process tree; torch alloc)",
     "peak_nvml_mib": "peak GPU MiB (device, NVML; torch alloc)",
     "torch_peak_allocated_mib": "peak torch alloc MiB",
+    "train_peak_rss_mib": "train peak RSS MiB (CPU)",
     "peak_rss_mib": "peak RSS MiB (CPU)",
 }
 
@@ -69,6 +70,17 @@ def _memory_text(r: pd.Series, mem: str) -> str:
     return text if r["status"] == "success" else "—"
 
 
+def estimate_text(r: pd.Series) -> str:
+    """Estimate vs measured: on GPU the estimated total vs torch's peak allocation in training; on CPU what training
+    adds (estimate without the weights) vs the RSS growth during training."""
+    if r["status"] not in ("success", "oom") or pd.isna(r["estimate_total_mib"]):
+        return "—" if r["status"] != "success" else "-"
+    if pd.notna(r["torch_peak_allocated_mib"]):
+        return f"{fmt_num(r['estimate_total_mib'])} / {fmt_num(r['torch_peak_allocated_mib'])}"
+    added = r["estimate_total_mib"] - (r["estimate_weights_mib"] if pd.notna(r["estimate_weights_mib"]) else 0)
+    return f"{fmt_num(added)} / {fmt_num(r['train_rss_growth_mib'])}"
+
+
 def _axis_text(r: pd.Series, col: str) -> str:
     if col == "precision" and r["emulated"]:
         return f"{escape(r[col])} (emulated)"
@@ -87,9 +99,13 @@ def group_table(df: pd.DataFrame) -> str:
         vary.insert(0, "precision")
     has_ratio = df["speed_x"].notna().any() or df["score_delta"].notna().any()
     has_energy = df["energy_per_token_j"].notna().any()
+    has_estimate = df["estimate_total_mib"].notna().any()
+    gpu_estimate = df["torch_peak_allocated_mib"].notna().any()
     headers = ["method", *[{"grad_accum": "grad accum", "grad_ckpt": "grad ckpt"}.get(c, c) for c in vary]]
     headers += ["status", "trainable (% of total)", MEMORY_HEADERS[mem], "tokens/s", "step p50 s"]
-    headers += (["J/token (train)"] if has_energy else []) + ["checkpoint", "score before → after"]
+    headers += ["J/token (train)"] if has_energy else []
+    headers += [("est. / torch alloc MiB" if gpu_estimate else "est. / RSS growth MiB (train)")] if has_estimate else []
+    headers += ["checkpoint", "score before → after"]
     headers += ["mem × full", "speed × full", "ckpt × full", "Δ score vs full"] if has_ratio else []
     rows = []
     for _, r in df.iterrows():
@@ -102,6 +118,7 @@ def group_table(df: pd.DataFrame) -> str:
         row = [escape(r["method_label"]), *[_axis_text(r, c) for c in vary], status, _cell(r, trainable)]
         row += [_memory_text(r, mem), _cell(r, fmt_num(r["tokens_per_s"])), _cell(r, fmt_num(r["step_time_p50_s"]))]
         row += [_cell(r, fmt_num(r["energy_per_token_j"]))] if has_energy else []
+        row += [estimate_text(r)] if has_estimate else []
         row += [
             _cell(r, fmt_bytes(r["checkpoint_bytes"])),
             _cell(r, f"{fmt_num(r['score_before'])} → {fmt_num(r['score_after'])}"),
@@ -163,12 +180,15 @@ FOOTNOTES = [
     "and their share of all parameters.",
     "train peak MiB: the peak NVML memory of the cell's process tree during the training phase (sampled every "
     "~10 ms by the supervising process; CUDA context included, other processes excluded); torch's max allocated "
-    "during training in parentheses. Older records: the device's peak over the whole cell. Without a GPU: the cell "
-    "process's peak RSS (includes the Python and library baseline).",
+    "during training in parentheses. Older records: the device's peak over the whole cell. Without a GPU: the "
+    "process tree's peak RSS during training (includes the Python and library baseline).",
     "tokens/s: real (non-padding) tokens of the timed steps divided by their time; warm-up steps excluded; GPU "
     "clocks read after torch.cuda.synchronize(). step p50: median optimizer-step time.",
     "J/token (train): NVML energy during the timed steps / their tokens (whole-cell energy is `energy_j` in the "
     "records).",
+    "est. / measured: the memory estimate made from the config and method before training (bench/estimate.py) "
+    "against the measurement: on GPU the estimated total vs torch's peak allocation in training; on CPU what "
+    "training adds (gradients, optimizer state, activations) vs the growth of the process tree's RSS in training.",
     "checkpoint: bytes of the weight files the method saves (adapter weights only for PEFT methods).",
     "score: the task's headline metric on the same held-out split before and after training.",
     "× full / Δ: against the `full` cell with the same model, task, precision, grad accum, checkpointing and seed.",

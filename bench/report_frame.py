@@ -24,6 +24,10 @@ METRICS = [
     "torch_peak_allocated_mib",
     "torch_peak_reserved_mib",
     "peak_rss_mib",
+    "train_peak_rss_mib",
+    "train_rss_growth_mib",
+    "estimate_total_mib",
+    "estimate_weights_mib",
     "tokens_per_s",
     "padded_tokens_per_s",
     "samples_per_s",
@@ -128,12 +132,19 @@ def read_export(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={c: object for c in TEXT_COLUMNS})
 
 
-MEMORY_COLUMNS = ("train_peak_nvml_process_mib", "peak_nvml_mib", "torch_peak_allocated_mib", "peak_rss_mib")
+MEMORY_COLUMNS = (
+    "train_peak_nvml_process_mib",
+    "peak_nvml_mib",
+    "torch_peak_allocated_mib",
+    "train_peak_rss_mib",
+    "peak_rss_mib",
+)
 
 
 def memory_column(df: pd.DataFrame) -> str:
     """The headline memory figure present in these records: the training peak of the cell's process tree
-    (NVML); older records' device peak; torch's allocator; on CPU the process's peak RSS."""
+    (NVML); older records' device peak; torch's allocator; on CPU the tree's RSS peak during training (older
+    records: the process's lifetime peak RSS)."""
     for col in MEMORY_COLUMNS[:-1]:
         if df[col].notna().any():
             return col

@@ -47,6 +47,7 @@ class RunSpec:
     save_checkpoint: bool = VALUES["save_checkpoint"]
     allow_emulated_precision: bool = VALUES["allow_emulated_precision"]
     cuda_alloc_conf: str = VALUES["cuda_alloc_conf"]
+    inference: dict[str, Any] | None = VALUES["inference"]
     grad_ckpt: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)

@@ -22,6 +22,12 @@ def check_default(key: str, value: Any, where: str, problems: list[str], out: di
     elif d.minimum is not None and value is not None and not isinstance(value, bool) and value < d.minimum:
         bound = ">= 0" if d.minimum == 0 else "> 0" if d.minimum < 1 else f">= {d.minimum:g}"
         problems.append(f"{where}: must be {bound}, got {value!r}")
+    elif key == "inference" and value is not None:
+        from bench.inference import InferenceOptions
+
+        _, errs = parse_options(InferenceOptions, value, where)
+        problems.extend(errs)
+        out[key] = value
     else:
         out[key] = float(value) if d.type is float else value
 

@@ -61,6 +61,8 @@ def run_cell(run_dir: Path) -> dict[str, Any]:
             if name == "eval_before" and not spec.eval_before:
                 skip_eval_before(cell)
                 continue
+            if name == "inference" and not spec.inference:
+                continue
             with cell.clock.phase(name):
                 fn(cell)
         result["status"] = "success"

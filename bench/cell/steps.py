@@ -134,6 +134,7 @@ def phase_data(c: Cell) -> None:
 
 def phase_apply(c: Cell) -> None:
     from bench.cell.measure import count_params
+    from bench.estimate import estimate_model
     from bench.precision import cast_frozen, dtype_report, keep_quantized_weights_trainable_on_cpu
 
     spec = c.spec
@@ -151,6 +152,8 @@ def phase_apply(c: Cell) -> None:
     c.metrics["trainable_pct"] = 100 * c.metrics["trainable_params"] / max(c.metrics["total_params"], 1)
     c.metrics["micro_batch_size"] = spec.micro_batch
     c.result["dtypes"] = dtype_report(c.model, c.plan)
+    causal = c.task_cls.model_kind == "causal_lm"
+    c.metrics.update(estimate_model(c.model, spec, c.plan.compute_dtype, causal).as_metrics())
 
 
 def method_context(c: Cell) -> Any:
@@ -293,6 +296,15 @@ def phase_save(c: Cell) -> None:
     c.metrics["checkpoint_total_bytes"] = summary["total_bytes"]
 
 
+def phase_inference(c: Cell) -> None:
+    from bench.inference import InferenceOptions, run_inference
+
+    opts = InferenceOptions(**c.spec.inference)
+    metrics, missing = run_inference(c.model, c.task_cls.model_kind, opts, c.device, c.autocast, c.spec.seed)
+    c.metrics.update(metrics)
+    c.missing.update(missing)
+
+
 PHASES = (
     ("import", phase_import),
     ("load", phase_load),
@@ -302,4 +314,5 @@ PHASES = (
     ("train", phase_train),
     ("eval_after", phase_eval_after),
     ("save", phase_save),
+    ("inference", phase_inference),
 )

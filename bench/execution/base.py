@@ -46,6 +46,7 @@ class LocalOptions:
     busy_wait_s: float = 60.0
     nvml_interval_s: float = 0.01
     exit_grace_s: float = 30.0  # a cell that wrote its result but has not exited by then is killed
+    fit_check: bool = True  # on a GPU: a cell whose memory estimate exceeds the free memory is not started
 
 
 @dataclass

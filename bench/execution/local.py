@@ -13,8 +13,40 @@ from bench.execution.gpus import GpuSlot, GpuWatch, inherited_visible_devices, r
 from bench.execution.launchers import make_launcher, resolve_launcher
 from bench.execution.scheduler import execute
 from bench.execution.supervise import CellJob, supervise_cell
-from bench.record import Record
+from bench.record import CellExit, Record, Status, build_record
 from bench.spec import RunSpec
+
+
+CUDA_CONTEXT_MIB = 600.0  # what a process's CUDA context takes besides torch's allocations (H100/H200: ~500-600)
+
+
+class FitCheck:
+    """Cells whose estimated peak (plus a CUDA context) exceeds the GPU's free memory are recorded `unsupported`
+    instead of started (`--no-fit-check` turns this off)."""
+
+    def __init__(self, backend: Any, specs: list[RunSpec]):
+        from bench.estimate import estimate_spec
+
+        self.backend = backend
+        self.estimates = {s.run_id: estimate_spec(s)[0] for s in specs}
+
+    def refuse(self, spec: RunSpec, slot: GpuSlot, ctx: RunContext) -> Record | None:
+        est = self.estimates.get(spec.run_id)
+        if est is None:
+            return None
+        try:
+            free = self.backend.total_mib(slot.index) - self.backend.used_mib(slot.index)
+        except Exception:  # no figure, no refusal: the cell runs and its own record says what happened
+            return None
+        need = est.total_mib + CUDA_CONTEXT_MIB
+        if need <= free:
+            return None
+        why = (
+            f"estimated {need / 1024:.1f} GiB (training {est.total_mib / 1024:.1f} + CUDA context) > "
+            f"{free / 1024:.1f} GiB free on GPU {slot.index}; --no-fit-check runs it anyway"
+        )
+        parent = {"metrics": est.as_metrics(), "run_dir": str(ctx.out.run(spec.run_id).path), "gpu_index": slot.index}
+        return build_record(spec, None, CellExit(None, Status.UNSUPPORTED, why), parent)
 
 
 class LocalExecutor:
@@ -42,8 +74,13 @@ class LocalExecutor:
             for launcher in launchers.values():
                 launcher.start(dict(os.environ))
 
+            fits = FitCheck(backend, specs) if backend is not None and opts.fit_check else None
+
             def run(spec: RunSpec, slot: GpuSlot | None) -> Record:
                 watch = watches.get(slot)
+                refused = fits.refuse(spec, slot, ctx) if fits and slot else None
+                if refused is not None:
+                    return refused
                 job = CellJob(
                     spec,
                     ctx.out.run(spec.run_id),

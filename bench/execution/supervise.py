@@ -21,6 +21,8 @@ from bench.execution.gpus import GpuSlot
 from bench.execution.launchers import CellProcess, kill_processes
 from bench.phases import read_marks
 from bench.record import CellExit, Record, Status, build_record
+from bench.rss import RssSampler
+from bench.rss import attribute as attribute_rss
 from bench.rundir import RunDir
 from bench.spec import RunSpec
 
@@ -100,15 +102,18 @@ def supervise_cell(job: CellJob) -> Record:
     started_at, started_unix, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.time(), time.perf_counter()
     sampler = nvml.Sampler(job.backend, job.slot.index if job.slot else 0, job.nvml_interval_s)
     sampler.take_baseline()
+    rss = RssSampler()
     proc = job.launcher.launch(rd, cell_env(spec, job.slot, token))
     sampler.start(proc.pid)
+    rss.start(proc.pid)
     watch = TreeWatch(proc.pid)
     exit, notes = wait_cell(proc, job, watch)
     sampler.stop()
+    rss.stop()
     notes += cleanup(proc, watch, token, started_unix, job)
     ended_unix = time.time()
     child = rd.read_result()
-    parent = parent_view(job, sampler, child, ended_unix)
+    parent = parent_view(job, sampler, rss, child, ended_unix)
     parent.update(
         attempt=attempt,
         notes=[*job.notes, *notes, *parent.get("notes", [])],
@@ -173,13 +178,18 @@ def cleanup(proc: CellProcess, watch: TreeWatch, token: str, since: float, job: 
     return notes
 
 
-def parent_view(job: CellJob, sampler: nvml.Sampler, child: dict | None, ended_unix: float) -> dict[str, Any]:
-    """What the supervisor measured: NVML over the whole cell and per phase, headline training figures."""
+def parent_view(job: CellJob, sampler: nvml.Sampler, rss: RssSampler, child: dict | None, ended: float) -> dict:
+    """What the supervisor measured: NVML and RSS over the whole cell and per phase, headline training figures."""
     phases = (child or {}).get("phases") or read_marks(job.run_dir.phases)
     for span in phases.values():  # a phase the cell never ended (it died) closes at the exit
-        span.setdefault("end_unix", ended_unix)
+        span.setdefault("end_unix", ended)
     timed_tokens = ((child or {}).get("metrics") or {}).get("timed_tokens")
     metrics, missing, per_phase = nvml.attribute(sampler, phases, timed_tokens, job.nvml_reason)
+    rss_metrics, rss_missing, rss_phase = attribute_rss(rss, phases)
+    metrics.update(rss_metrics)
+    missing.update(rss_missing)
+    for name, figs in rss_phase.items():
+        per_phase.setdefault(name, {}).update(figs)
     metrics.update(job.metrics)
     env = dict(job.env_parent)
     if job.slot is not None:

@@ -74,6 +74,9 @@ class FakeNvml:
         tree = cfg.get("tree_mib", 0) if cfg.get("tree_mib") and self._cells() else 0
         return float(self._dev(index).get("used_mib", 0)) + tree
 
+    def total_mib(self, index: int) -> float:
+        return float(self._dev(index).get("total_mib", 81920))
+
     def processes(self, index: int) -> dict[int, float]:
         cfg = self.config
         procs = {int(p["pid"]): float(p["used_mib"]) for p in self._dev(index).get("processes", [])}
