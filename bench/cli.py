@@ -47,7 +47,8 @@ def _run(args: argparse.Namespace) -> int:
         out, args.force, args.only, args.executor or suite.executor.get("kind", "local"), local, settings
     )
     print(f"suite {suite.name!r}: {len(specs)} cells -> {out}", flush=True)
-    _print_estimate(specs, out, args.force)
+    if not args.no_estimate:
+        _print_estimate(specs, out, args.force)
     summary = runner.run_specs(specs, opts, progress=lambda line: print(line, flush=True))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to run"
     print(f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s -> {out}")
@@ -143,6 +144,12 @@ def _report(args: argparse.Namespace) -> int:
     return report.main(args)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from bench import compare
+
+    return compare.main(args)
+
+
 def _selfcheck(args: argparse.Namespace) -> int:
     from bench import selfcheck
 
@@ -181,7 +188,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--gpus", help="comma-separated NVML GPU indices, one cell per GPU at a time (default: all visible)")
     r.add_argument("--allow-busy-gpu", action="store_true", help="run on a GPU other processes use (recorded)")
     r.add_argument("--busy-threshold-mib", type=float, default=500.0)
-    r.add_argument("--no-fit-check", action="store_true", help="start cells even when their memory estimate exceeds the free GPU memory")
+    r.add_argument("--no-estimate", action="store_true", help="skip the wall-time estimate printed before running")
+    r.add_argument(
+        "--no-fit-check",
+        action="store_true",
+        help="start cells even when their memory estimate exceeds the free GPU memory",
+    )
     r.add_argument(
         "--executor", choices=["local", "slurm", "submitit-local"], help="local (default), or one submitit job per cell"
     )
@@ -214,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--plot")
     rp.add_argument("--group-by", default="model,task")
     rp.set_defaults(fn=_report)
+    cp = sub.add_parser("compare", help="what moved between two runs (out dirs or exports); exit 1 on regressions")
+    cp.add_argument("old")
+    cp.add_argument("new")
+    cp.add_argument("--tolerance", default="5%", help="relative, for memory and tokens/s (default 5%%)")
+    cp.add_argument("--score-tolerance", type=float, default=0.02, help="absolute, for the score (default 0.02)")
+    cp.set_defaults(fn=_compare)
     sc = sub.add_parser("selfcheck", help="harness vs an independent plain loop: step time, memory, energy")
     sc.add_argument("--out", default="out/selfcheck")
     sc.add_argument("--model", help="default: llama-1b-shape on GPU, tiny-llama on CPU")
@@ -234,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from bench.execution.gpus import BusyGpu, GpuSelectionError
     from bench.execution.launchers import LauncherError
+    from bench.execution.slurm_queue import SubmissionError
     from bench.store import LockHeld
 
     parser = build_parser()
@@ -248,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (RegistryError, GpuSelectionError) as exc:
+    except (RegistryError, GpuSelectionError, SubmissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (LockHeld, BusyGpu, LauncherError) as exc:

@@ -46,7 +46,7 @@ TABLE: tuple[Default, ...] = (
         "inference",
         (dict, type(None)),
         None,
-        "opt-in phase after save: `{new_tokens: 64, batch: 1, prompt_len: 32}` generation cost of base / adapter / merged",
+        "opt-in phase after save, e.g. `{new_tokens: 64, batch: 1}`: generation cost of base / adapter / merged",
         True,
     ),
     Default(

@@ -29,7 +29,9 @@ def estimate_lines(specs: list[RunSpec]) -> list[str]:
     from bench.estimate import estimate_spec
 
     width = max(len(s.run_id) for s in specs)
-    lines = [f"{'cell':{width}s}  weights + grads + optimizer + activations = total GiB (training, before CUDA context)"]
+    lines = [
+        f"{'cell':{width}s}  weights + grads + optimizer + activations = total GiB (training, before CUDA context)"
+    ]
     for spec in specs:
         est, why = estimate_spec(spec)
         if est is None:

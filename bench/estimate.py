@@ -22,7 +22,9 @@ from typing import Any
 from bench.spec import RunSpec
 
 MIB = 2**20
-NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # per weight: 4 bits + 8-bit absmax per 64 + fp32 per 256 absmax (double quant)
+NF4_BYTES = (
+    0.5 + 1 / 64 + 4 / (64 * 256)
+)  # per weight: 4 bits + 8-bit absmax per 64 + fp32 per 256 absmax (double quant)
 INT8_BYTES = 1.0  # per weight (+ one fp32 scale per output row, counted as the row's own parameter)
 # bytes per *stored* element: bitsandbytes packs two 4-bit weights per uint8 (Params4bit); the meta stand-ins
 # used before a run hold one element per weight
@@ -58,7 +60,9 @@ def parameter_bytes(model: Any) -> tuple[float, float, float]:
     return weights, grads, optim
 
 
-def activation_bytes(config: Any, micro_batch: int, seq_len: int, compute_bytes: int, grad_ckpt: bool, causal: bool) -> float:
+def activation_bytes(
+    config: Any, micro_batch: int, seq_len: int, compute_bytes: int, grad_ckpt: bool, causal: bool
+) -> float:
     """Saved activations of a transformer's training step (formula in the module docstring)."""
     h = config.hidden_size
     heads = config.num_attention_heads
@@ -107,7 +111,9 @@ def _estimate_on_meta(spec: RunSpec) -> MemoryEstimate:
 
     task, method_cls = registry.load("task", spec.task), registry.load("method", spec.method)
     plan = label_plan(spec.precision) if spec.precision not in QUANTIZED else None
-    cfg, _ = load_config(resolve_source(spec.model, spec.model_options), task.model_kind, task.num_labels, spec.model_options)
+    cfg, _ = load_config(
+        resolve_source(spec.model, spec.model_options), task.model_kind, task.num_labels, spec.model_options
+    )
     storage = plan.storage_dtype(method_cls.trains_base) if plan else "bfloat16"
     model = build_random(auto_class(task.model_kind), cfg, "meta", storage, spec.seed)
     if spec.precision in QUANTIZED:
@@ -152,7 +158,9 @@ def _mark_quantized(model: Any, precision: str, kind: str) -> None:
     cls = type("Meta4bit" if precision == "nf4" else "MetaInt8", (torch.nn.Parameter,), {})
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in skip:
-            module.weight = cls(module.weight.data.to(torch.uint8 if precision == "nf4" else torch.int8), requires_grad=False)
+            module.weight = cls(
+                module.weight.data.to(torch.uint8 if precision == "nf4" else torch.int8), requires_grad=False
+            )
     for p in model.parameters():
         if p.dtype.is_floating_point:
             p.data = p.data.float()

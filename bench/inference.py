@@ -22,7 +22,11 @@ class InferenceOptions:
             raise ValueError("new_tokens, batch, prompt_len and repeats must be >= 1")
 
 
-KEYS = [f"inference_{what}_{variant}" for variant in ("base", "adapter", "merged") for what in ("tokens_per_s", "ms_per_token")]
+KEYS = [
+    f"inference_{what}_{variant}"
+    for variant in ("base", "adapter", "merged")
+    for what in ("tokens_per_s", "ms_per_token")
+]
 
 
 def _sync(device: str) -> None:
@@ -32,7 +36,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def generation_speed(model: Any, prompt: Any, opts: InferenceOptions, device: str, autocast: Any) -> tuple[float, float]:
+def generation_speed(
+    model: Any, prompt: Any, opts: InferenceOptions, device: str, autocast: Any
+) -> tuple[float, float]:
     """(tokens/s, ms per token) of greedy generation of exactly new_tokens, median over repeats after a warm-up."""
     import torch
 
@@ -50,7 +56,9 @@ def generation_speed(model: Any, prompt: Any, opts: InferenceOptions, device: st
     return opts.batch * opts.new_tokens / t, 1000 * t / opts.new_tokens
 
 
-def run_inference(model: Any, kind: str, opts: InferenceOptions, device: str, autocast: Any, seed: int) -> tuple[dict, dict]:
+def run_inference(
+    model: Any, kind: str, opts: InferenceOptions, device: str, autocast: Any, seed: int
+) -> tuple[dict, dict]:
     """(metrics, missing reasons) of the three variants."""
     import torch
 
@@ -79,7 +87,12 @@ def _merged(model: Any, prompt: Any, autocast: Any, record: Any, metrics: dict, 
     import torch
 
     if not hasattr(model, "merge_adapter"):
-        _missing(metrics, missing, "merged", "nothing to merge: soft prompts and prefixes add no weights, non-peft methods change the model itself")
+        _missing(
+            metrics,
+            missing,
+            "merged",
+            "nothing to merge: soft prompts and prefixes add no weights, non-peft methods change the model itself",
+        )
         return
     with torch.no_grad(), autocast():
         unmerged = model(input_ids=prompt).logits.float()

@@ -167,8 +167,16 @@ def random_quantized(cls: Any, cfg: Any, quant: Any, device: str, seed: int) -> 
             continue
         seen.add(id(tensor))
         module = modules[key.rpartition(".")[0]]
-        kind = "ones" if "Norm" in type(module).__name__ and key.endswith("weight") else "zeros" if key.endswith("bias") else "normal"
-        state[key] = RandomTensor(tensor.shape, kind, std, seed ^ zlib.crc32(key.encode()), "cuda" if device == "cuda" else "cpu")
+        kind = (
+            "ones"
+            if "Norm" in type(module).__name__ and key.endswith("weight")
+            else "zeros"
+            if key.endswith("bias")
+            else "normal"
+        )
+        state[key] = RandomTensor(
+            tensor.shape, kind, std, seed ^ zlib.crc32(key.encode()), "cuda" if device == "cuda" else "cpu"
+        )
     target = {"": 0} if device == "cuda" else {"": "cpu"}
     return type(meta).from_pretrained(
         None, config=cfg, state_dict=state, quantization_config=quant, dtype=torch.bfloat16, device_map=target

@@ -23,6 +23,7 @@ from bench.report_format import (
     group_table,
 )
 from bench.report_frame import flatten, read_export, records_to_frame, with_ratios
+from bench.report_repeats import repeats_table
 from bench.store import read_records
 
 __all__ = [
@@ -55,7 +56,13 @@ def to_markdown(df: pd.DataFrame, group_by: tuple[str, ...] = ("model", "task"),
     for key, group in df.groupby(list(group_by), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         heading = " · ".join(f"{g} `{escape(k)}`" for g, k in zip(group_by, key))
-        out += [f"## {heading}", "", group_remarks(group), "", group_table(group), ""]
+        out += [f"## {heading}", "", group_remarks(group), ""]
+        if group["seed"].nunique() > 1:
+            n = group["seed"].nunique()
+            out += [f"{n} seeds per cell: mean ± sample sd over seeds; `≈ best` = within the spread of the best", ""]
+            out += [repeats_table(group), ""]
+        else:
+            out += [group_table(group), ""]
         notes = failure_notes(group)
         out += [*notes, ""] if notes else []
     out += ["### How each column is measured", "", *[f"- {n}" for n in FOOTNOTES], ""]

@@ -82,5 +82,7 @@ def attribute(sampler: RssSampler, phases: dict[str, dict[str, Any]]) -> tuple[d
         metrics["train_rss_growth_mib"] = metrics["train_peak_rss_mib"] - metrics["rss_at_train_start_mib"]
     else:
         metrics["train_rss_growth_mib"] = None
-    missing = {k: "no RSS sample inside the training phase (cell ended before it?)" for k, v in metrics.items() if v is None}
+    missing = {
+        k: "no RSS sample inside the training phase (cell ended before it?)" for k, v in metrics.items() if v is None
+    }
     return metrics, missing, per_phase

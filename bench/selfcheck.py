@@ -176,6 +176,7 @@ def main(args: Any) -> int:
             settings[key] = getattr(args, key)
     methods = args.methods.split(",") if args.methods else (list(METHODS) if device == "cuda" else ["lora"])
     res = selfcheck(Path(args.out), methods, settings, device)
+    Path(args.out, "selfcheck.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     lines = verdicts(res)
     print("\n".join(lines))

@@ -34,7 +34,9 @@ class Estimate:
             how.append(f"{self.from_records} from earlier records")
         if self.modelled:
             how.append(f"{self.modelled} modelled from a {self.probe_gflops:,.0f} GFLOP/s fp32 probe, rough")
-        return f"estimated wall time on this machine: ~{minutes} min {secs:02d} s for {n_cells} cells ({'; '.join(how)})"
+        return (
+            f"estimated wall time on this machine: ~{minutes} min {secs:02d} s for {n_cells} cells ({'; '.join(how)})"
+        )
 
 
 def probe_gflops(seconds: float = 0.3) -> float:
@@ -73,7 +75,12 @@ def estimate(specs: list[RunSpec], earlier: dict[str, dict[str, Any]]) -> Estima
         gflops = probe_gflops()
         emulated = not facts().native_bf16
         for spec in rest:
-            if spec.device != "cuda" and emulated and spec.precision in ("bf16", "int8", "nf4") and not spec.allow_emulated_precision:
+            if (
+                spec.device != "cuda"
+                and emulated
+                and spec.precision in ("bf16", "int8", "nf4")
+                and not spec.allow_emulated_precision
+            ):
                 total += 1.0
                 continue
             task = registry.load("task", spec.task)

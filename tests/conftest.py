@@ -46,7 +46,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
+    """`peft-bench ARGS` in a subprocess; runs skip the wall-time estimate (its probe and model counts cost seconds;
+    tests/test_walltime.py covers it)."""
     full_env = {**os.environ, **(env or {})}
+    if args and args[0] == "run" and "--dry-run" not in args:
+        args = (*args, "--no-estimate")
     return subprocess.run(
         [sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout, **kw
     )

@@ -50,6 +50,7 @@ def build(model_name: str, method_name: str, options: dict | None = None, precis
     task.load(tok, model.config)
     cfg, problems = parse_options(method_cls.config_cls, options or {}, "method")
     assert not problems, problems
+
     def load_frozen(source, options=None):
         frozen = load_model(source, task_cls.model_kind, task_cls.num_labels, 0, options=options or {}).model
         return frozen.requires_grad_(False).eval()

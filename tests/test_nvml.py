@@ -107,7 +107,7 @@ def test_nvml_lost_mid_run_still_gives_a_record_and_the_suite_goes_on(tmp_path):
     config = tmp_path / "nvml.json"
     config.write_text(json.dumps({"devices": [{"used_mib": 100}], "fail_from_call": 40}))
     path = make_suite(tmp_path, {"method": ["full", "bitfit"], "model": ["tiny-bert"]})
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fake_nvml.env(path=str(config)))
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--no-fit-check", env=fake_nvml.env(path=str(config)))
     assert res.returncode == 0, res.stderr
     recs = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in recs] == ["success", "success"]
@@ -145,7 +145,7 @@ def test_busy_gpu_below_threshold_passes(monkeypatch):
 def test_cell_record_carries_fake_nvml_peaks(tmp_path):
     fake = {"devices": [{"name": "FakeH100", "used_mib": 300, "processes": []}], "tree_mib": 123}
     path = make_suite(tmp_path, {"method": ["full"]})
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fake_nvml.env(fake))
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--no-fit-check", env=fake_nvml.env(fake))
     assert res.returncode == 0, res.stderr
     rec = json.loads((tmp_path / "out" / "results.jsonl").read_text())
     assert rec["status"] == "success"

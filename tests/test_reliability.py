@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def start_cli(args, env):
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", *args],
+        [sys.executable, "-m", "bench.cli", *args, "--no-estimate"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

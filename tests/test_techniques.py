@@ -33,7 +33,9 @@ def test_distill_cells_run_for_classification_and_causal_lm(tmp_path, model, tas
 
 
 def test_distill_without_a_teacher_is_the_control(tmp_path):
-    res = run_cell_inproc(tmp_path, model="tiny-bert", method="distill", method_options={"alpha": 0.0, "student_layers": 1}, **SMALL)
+    res = run_cell_inproc(
+        tmp_path, model="tiny-bert", method="distill", method_options={"alpha": 0.0, "student_layers": 1}, **SMALL
+    )
     assert res["status"] == "success", res.get("error")
     assert res["metrics"]["teacher_params"] == 0 and res["metrics"]["teacher_forward_s"] == 0
 
@@ -53,7 +55,10 @@ def test_magnitude_pruned_weights_stay_zero_and_sparsity_counts_them():
     assert changed
 
 
-@pytest.mark.parametrize("model, structure", [("tiny-llama", "channels"), ("tiny-bert", "channels"), ("tiny-llama", "heads"), ("tiny-bert", "heads")])
+@pytest.mark.parametrize(
+    "model, structure",
+    [("tiny-llama", "channels"), ("tiny-bert", "channels"), ("tiny-llama", "heads"), ("tiny-bert", "heads")],
+)
 def test_structured_pruning_shrinks_the_layers_and_still_trains(model, structure):
     dense = sum(p.numel() * p.element_size() for p in build(model, "full").model.parameters())
     a = build(model, "prune", {"sparsity": 0.5, "structure": structure})
@@ -79,7 +84,9 @@ def test_lowrank_factor_shapes_and_counts_follow_the_formula():
     assert trainable == sum(4 * (d_in + d_out) for d_in, d_out in dims)
     down, up = a.model.model.layers[0].mlp.down_proj
     assert down.weight.shape == (4, 128) and up.weight.shape == (64, 4)
-    assert a.method.metrics(1.0)["lowrank_compression"] == pytest.approx(sum(4 * (i + o) for i, o in dims) / sum(i * o for i, o in dims))
+    assert a.method.metrics(1.0)["lowrank_compression"] == pytest.approx(
+        sum(4 * (i + o) for i, o in dims) / sum(i * o for i, o in dims)
+    )
 
 
 def test_lowrank_at_full_rank_reproduces_the_model():
@@ -117,7 +124,9 @@ def test_grad_ckpt_saves_less_for_backward_but_not_the_loss_curve(tmp_path, meth
     assert saved_bytes(ckpt.model, ckpt.task) < saved_bytes(plain.model, plain.task)
     curves = {}
     for gc in (False, True):
-        res = run_cell_inproc(tmp_path / str(gc), task="random-lm", method=method, grad_ckpt=gc, steps=4, save_checkpoint=False)
+        res = run_cell_inproc(
+            tmp_path / str(gc), task="random-lm", method=method, grad_ckpt=gc, steps=4, save_checkpoint=False
+        )
         assert res["status"] == "success", res.get("error")
         curves[gc] = res["loss_curve"]
     torch.testing.assert_close(torch.tensor(curves[True]), torch.tensor(curves[False]), rtol=1e-5, atol=0)

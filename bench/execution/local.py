@@ -16,7 +16,6 @@ from bench.execution.supervise import CellJob, supervise_cell
 from bench.record import CellExit, Record, Status, build_record
 from bench.spec import RunSpec
 
-
 CUDA_CONTEXT_MIB = 600.0  # what a process's CUDA context takes besides torch's allocations (H100/H200: ~500-600)
 
 

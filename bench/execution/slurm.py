@@ -1,25 +1,38 @@
 """Slurm fan-out through submitit: each cell is one job that runs `supervise_cell` on its node (the same code as
-the local executor: child process, NVML over its tree) and returns the record. Only the submitting runner
-appends to results.jsonl, so resume and the out-dir lock work across submissions.
+the local executor: child process, NVML over its tree) and returns the record. Only the submitting runner appends
+to results.jsonl, so resume and the out-dir lock work across submissions.
 
-`submitit-local` uses submitit's LocalExecutor (jobs as local processes) to test the same path without Slurm.
+Job states come from `squeue` / `scontrol` (no accounting database needed, so no sacct warnings); submitted job
+ids are kept in OUT/slurm/jobs.json so a runner that was killed re-attaches to running jobs and collects finished
+ones instead of resubmitting them. `submitit-local` runs the same jobs as local processes (no Slurm).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.execution.base import RunContext
+from bench.execution.slurm_queue import SubmissionError, final_state, partition_has_gpus, queue_states, scancel
 from bench.record import CellExit, Record, Status, build_record
 from bench.spec import RunSpec
 
+__all__ = ["SlurmExecutor", "SubmissionError", "run_cell_job"]
+
 
 def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
-    """Entry point on the allocated node: one cell, supervised as the local executor does it."""
+    """Entry point on the allocated node: one cell, supervised as the local executor does it.
+
+    Slurm ends a job (scancel, time limit) with SIGTERM to its processes: the cell is stopped and cleaned up, and
+    the job exits without a result, so the runner records Slurm's own verdict (canceled / timeout)."""
+    import signal
+
     from bench import nvml
     from bench.envinfo import base_env
     from bench.execution.gpus import inherited_visible_devices, resolve_slots
@@ -34,34 +47,75 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     if backend is not None:
         env["gpu_driver"] = backend.driver()
     env["slurm_job_id"] = os.environ.get("SLURM_JOB_ID")
+    ended_by_slurm = []
+    signal.signal(signal.SIGTERM, lambda *_: ended_by_slurm.append(True))  # replaces submitit's "bypass"
     job = CellJob(spec, RunDir(Path(run_dir)), SpawnLauncher(), slot, backend, reason, nvml_interval_s, env)
-    return json.dumps(supervise_cell(job).to_dict(), default=str)
+    job.should_stop = lambda: bool(ended_by_slurm)
+    record = supervise_cell(job)
+    if ended_by_slurm:
+        os._exit(143)  # no result: Slurm's state (CANCELLED, TIMEOUT) is the verdict
+    return json.dumps(record.to_dict(), default=str)
 
 
 def never_ran(spec: RunSpec, ctx: RunContext, status: Status, message: str, job_id: str | None) -> Record:
-    """The record of a cell whose job produced none (canceled before it ran, killed by Slurm, node failure)."""
+    """The record of a cell whose job produced none (canceled, killed by Slurm, node failure, never started)."""
     parent = {"run_dir": str(ctx.out.run(spec.run_id).path), "runner_pid": os.getpid(), "env": {"slurm_job_id": job_id}}
     return build_record(spec, None, CellExit(None, status, message), parent)
+
+
+class JobsFile:
+    """OUT/slurm/jobs.json: run id -> {job_id, spec_hash} of the latest submission."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> dict[str, dict[str, str]]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def save(self, jobs: dict[str, dict[str, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(jobs, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
 
 
 class SlurmExecutor:
     def __init__(self, kind: str, settings: dict[str, Any], nvml_interval_s: float):
         self.name, self.settings, self.nvml_interval_s = kind, settings, nvml_interval_s
+        self._gpu_partition: bool | None = None
+
+    def gpus_for(self, spec: RunSpec) -> int:
+        """GPUs to request: the suite's setting, else one for cells that need a GPU (auto: if the partition has)."""
+        if self.settings.get("gpus_per_job") is not None:
+            return int(self.settings["gpus_per_job"])
+        if spec.device == "cpu":
+            return 0
+        if spec.device == "cuda":
+            return 1
+        if self._gpu_partition is None:
+            self._gpu_partition = partition_has_gpus(self.settings.get("partition"))
+        return 1 if self._gpu_partition else 0
+
+    def time_min(self, spec: RunSpec) -> int:
+        """The job's limit: the suite's time_min, else the cell's timeout plus a margin (minutes)."""
+        if self.settings.get("time_min"):
+            return int(self.settings["time_min"])
+        return int(spec.timeout_s // 60) + 1 + int(self.settings.get("time_margin_min", 5))
 
     def _executor(self, folder: Path, spec: RunSpec) -> Any:
         import submitit
 
-        time_min = self.settings.get("time_min") or int(spec.timeout_s // 60) + 1 + self.settings.get(
-            "time_margin_min", 5
-        )
         if self.name == "submitit-local":
             ex = submitit.LocalExecutor(folder=str(folder))
-            ex.update_parameters(timeout_min=time_min)
+            ex.update_parameters(timeout_min=self.time_min(spec))
             return ex
         ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-        params: dict[str, Any] = {"timeout_min": time_min, "tasks_per_node": 1, "nodes": 1}
-        gpus = self.settings.get("gpus_per_job", 1 if spec.device in ("cuda", "auto") else 0)
-        if gpus:
+        params: dict[str, Any] = {"timeout_min": self.time_min(spec), "tasks_per_node": 1, "nodes": 1}
+        params["slurm_signal_delay_s"] = 0  # no pre-timeout signal: Slurm's own limit ends the job (-> timeout)
+        if gpus := self.gpus_for(spec):
             params["gpus_per_node"] = gpus
         for key, name in (
             ("partition", "slurm_partition"),
@@ -73,36 +127,141 @@ class SlurmExecutor:
         ):
             if self.settings.get(key) is not None:
                 params[name] = self.settings[key]
+        if self.settings.get("sbatch"):
+            params["slurm_additional_parameters"] = sbatch_options(self.settings["sbatch"])
         ex.update_parameters(**params)
         return ex
 
     def run(self, specs: list[RunSpec], ctx: RunContext) -> None:
-        ctx.progress(f"submitting {len(specs)} jobs with submitit ({self.name}); logs in {ctx.out.slurm}")
-        jobs = {}
+        if self.name == "submitit-local":
+            return self._run_local(specs, ctx)
+        jobs_file = JobsFile(ctx.out.slurm / "jobs.json")
+        known = jobs_file.load()
+        attached, to_submit = self._attach(specs, known, ctx)
+        jobs = {**attached, **self._submit(to_submit, ctx)}
+        known.update({s.run_id: {"job_id": str(j.job_id), "spec_hash": s.spec_hash} for j, s in jobs.items()})
+        jobs_file.save(known)
+        if attached:
+            ctx.progress(f"re-attached to {len(attached)} job(s) of an earlier runner (not resubmitted)")
+        ctx.progress(f"{len(jobs)} Slurm jobs; states from squeue/scontrol; logs in {ctx.out.slurm}")
+        self._wait(jobs, ctx)
+
+    def _attach(self, specs: list[RunSpec], known: dict, ctx: RunContext) -> tuple[dict, list[RunSpec]]:
+        """Jobs of an earlier runner that are still queued or have a result: collect them, do not resubmit."""
+        import submitit
+
+        candidates = {
+            s.run_id: known[s.run_id]["job_id"]
+            for s in specs
+            if known.get(s.run_id, {}).get("spec_hash") == s.spec_hash
+        }
+        states = queue_states(list(candidates.values()))
+        attached, rest = {}, []
+        for spec in specs:
+            job_id = candidates.get(spec.run_id)
+            job = submitit.SlurmJob(folder=ctx.out.slurm, job_id=job_id) if job_id else None
+            if job is not None and (job_id in states or job.paths.result_pickle.exists()):
+                attached[job] = spec
+            else:
+                rest.append(spec)
+        return attached, rest
+
+    def _submit(self, specs: list[RunSpec], ctx: RunContext) -> dict[Any, RunSpec]:
+        """Submit every job; on a submission error cancel the ones already queued and raise SubmissionError."""
+        jobs: dict[Any, RunSpec] = {}
         for spec in specs:
             ex = self._executor(ctx.out.slurm, spec)
-            run_dir = ctx.out.run(spec.run_id).path
-            jobs[ex.submit(run_cell_job, spec.to_json(), str(run_dir), self.nvml_interval_s)] = spec
-        pending = dict(jobs)
+            try:
+                with quiet_stderr():  # sbatch's own messages: kept for the one-line error instead
+                    job = ex.submit(
+                        run_cell_job, spec.to_json(), str(ctx.out.run(spec.run_id).path), self.nvml_interval_s
+                    )
+            except Exception as exc:  # submitit.core.utils.FailedJobError from sbatch, or sbatch missing
+                scancel([str(j.job_id) for j in jobs])
+                raise SubmissionError(submission_message(exc, self.settings)) from None
+            jobs[job] = spec
+        return jobs
+
+    def _wait(self, jobs: dict[Any, RunSpec], ctx: RunContext) -> None:
+        pending = {str(j.job_id): (j, s) for j, s in jobs.items()}
+        while pending:
+            if ctx.should_stop():
+                scancel(list(pending))
+                for job_id, (_, spec) in pending.items():
+                    ctx.on_record(
+                        never_ran(
+                            spec, ctx, Status.CANCELED, f"job {job_id} canceled by a signal to the runner", job_id
+                        )
+                    )
+                return
+            queued = queue_states(list(pending))
+            for job_id in [j for j in pending if j not in queued]:
+                job, spec = pending.pop(job_id)
+                ctx.on_record(collect(job, spec, ctx))
+            time.sleep(1.0)
+
+    def _run_local(self, specs: list[RunSpec], ctx: RunContext) -> None:
+        ctx.progress(f"running {len(specs)} jobs with submitit's LocalExecutor; logs in {ctx.out.slurm}")
+        pending = {}
+        for spec in specs:
+            ex = self._executor(ctx.out.slurm, spec)
+            pending[
+                ex.submit(run_cell_job, spec.to_json(), str(ctx.out.run(spec.run_id).path), self.nvml_interval_s)
+            ] = spec
         while pending:
             if ctx.should_stop():
                 for job, spec in pending.items():
                     job.cancel(check=False)
                     ctx.on_record(
                         never_ran(
-                            spec,
-                            ctx,
-                            Status.CANCELED,
-                            f"job {job.job_id} canceled by a signal to the runner",
-                            job.job_id,
+                            spec, ctx, Status.CANCELED, f"job {job.job_id} canceled by a signal to the runner", None
                         )
                     )
                 return
             for job in [j for j in pending if j.done()]:
-                spec = pending.pop(job)
-                try:
-                    ctx.on_record(Record.from_dict(json.loads(job.result())))
-                except Exception as exc:  # the job itself died (node failure, Slurm time limit, ...)
-                    msg = f"job {job.job_id} did not return a record: {type(exc).__name__}: {str(exc)[-1500:]}"
-                    ctx.on_record(never_ran(spec, ctx, Status.FAILED, msg, job.job_id))
+                ctx.on_record(collect(job, pending.pop(job), ctx))
             time.sleep(0.2)
+
+
+def collect(job: Any, spec: RunSpec, ctx: RunContext) -> Record:
+    """The record a finished job returned, or one made from Slurm's final state of a job that returned none."""
+    job_id = str(job.job_id)
+    if job.paths.result_pickle.exists():
+        try:
+            return Record.from_dict(json.loads(job.result()))
+        except Exception as exc:  # the job's function raised: the pickle holds the traceback
+            return never_ran(
+                spec, ctx, Status.FAILED, f"job {job_id} failed: {type(exc).__name__}: {str(exc)[-1500:]}", job_id
+            )
+    status, message = final_state(job_id)
+    return never_ran(spec, ctx, status, message, job_id)
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Send this process's fd 2 to /dev/null for the duration (subprocesses that inherit it included)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def sbatch_options(options: list[str]) -> dict[str, Any]:
+    """["--qos=high", "--exclusive"] -> {"qos": "high", "exclusive": True} for submitit."""
+    out: dict[str, Any] = {}
+    for opt in options:
+        key, sep, value = opt.lstrip("-").partition("=")
+        out[key] = value if sep else True
+    return out
+
+
+def submission_message(exc: Exception, settings: dict[str, Any]) -> str:
+    text = " ".join(str(exc).split())
+    where = ", ".join(f"{k}={settings[k]}" for k in ("partition", "account", "qos") if settings.get(k))
+    return f"Slurm refused the job ({where or 'default partition'}): {text[-400:]}; nothing was left queued"

@@ -91,11 +91,15 @@ class Distill(Method):
 
         t0 = time.perf_counter()
         with torch.no_grad():
-            teacher = self.teacher(input_ids=step.batch["input_ids"], attention_mask=step.batch.get("attention_mask")).logits
+            teacher = self.teacher(
+                input_ids=step.batch["input_ids"], attention_mask=step.batch.get("attention_mask")
+            ).logits
         if logits.is_cuda:
             torch.cuda.synchronize()  # only when distilling: its teacher share needs a clock around the forward
         self.teacher_s += time.perf_counter() - t0
-        soft = soft_loss(logits, teacher, step.batch, self.config.temperature, task.model_kind) / max(step.total_targets, 1)
+        soft = soft_loss(logits, teacher, step.batch, self.config.temperature, task.model_kind) / max(
+            step.total_targets, 1
+        )
         return (1 - self.config.alpha) * hard + self.config.alpha * soft
 
     def after_optimizer_step(self, model: Any, step: int) -> None:

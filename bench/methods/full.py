@@ -34,7 +34,10 @@ class FullFineTune(Method):
         model.save_pretrained(out_dir, state_dict=state)
         if getattr(self, "tokenizer", None) is not None:
             self.tokenizer.save_pretrained(out_dir)
-        return {"saved": "full model" + (" and tokenizer" if getattr(self, "tokenizer", None) else ""), "dtype": str(dtype).replace("torch.", "")}
+        return {
+            "saved": "full model" + (" and tokenizer" if getattr(self, "tokenizer", None) else ""),
+            "dtype": str(dtype).replace("torch.", ""),
+        }
 
     def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
         return type(base_model).from_pretrained(ckpt_dir, dtype=base_model.dtype)

@@ -123,4 +123,3 @@ class Prune(Method):
             "score_unpruned": self.score_unpruned,
             "score_pruned": self.score_pruned,
         }
-

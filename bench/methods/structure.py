@@ -70,7 +70,9 @@ def prune_mlp_channels(model: Any, sparsity: float) -> tuple[int, int]:
 
     kept, before, after = None, 0, 0
     for block in _blocks(model):
-        pair = next(((ins, out) for ins, out in MLP_PAIRS if all(_get(block, p) is not None for p in (*ins, out))), None)
+        pair = next(
+            ((ins, out) for ins, out in MLP_PAIRS if all(_get(block, p) is not None for p in (*ins, out))), None
+        )
         if pair is None:
             raise Unsupported(f"no known MLP layout in {type(block).__name__} for channel pruning")
         ins, out = pair

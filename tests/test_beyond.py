@@ -1,0 +1,165 @@
+"""Past the peers: the memory estimate, adapter inference cost, repeats with spread, and run-to-run compare."""
+
+import copy
+import json
+
+import pytest
+
+from bench import report
+from bench.estimate import activation_bytes, estimate_spec, parameter_bytes
+from bench.spec import RunSpec
+from conftest import ROOT, cli, make_suite, read_jsonl, run_cell_inproc
+from methods_helper import build
+
+FIX = ROOT / "tests" / "fixtures" / "report_records.jsonl"
+TINY = 106_816  # tiny-llama parameters (causal LM, untied head)
+
+
+def spec(**kw):
+    base = dict(suite="x", model="tiny-llama", task="random-lm", method="full", precision="fp32", grad_accum=1)
+    return RunSpec(**{**base, "batch_size": 8, "seq_len": 16, **kw})
+
+
+def test_estimate_counts_weights_gradients_and_adam_by_hand():
+    est, why = estimate_spec(spec())
+    assert est is not None, why
+    mib = 2**20
+    assert est.weights_mib == pytest.approx(TINY * 4 / mib)
+    assert est.gradients_mib == pytest.approx(TINY * 4 / mib)
+    assert est.optimizer_mib == pytest.approx(2 * TINY * 4 / mib)
+
+
+def test_estimate_of_lora_in_bf16_keeps_a_half_base_and_fp32_adapters():
+    est, _ = estimate_spec(spec(method="lora", precision="bf16", method_options={"r": 8}))
+    lora = 16_384  # r 8 on every linear of tiny-llama (tests/test_methods.py)
+    assert est.weights_mib * 2**20 == pytest.approx(TINY * 2 + lora * 4)
+    assert est.gradients_mib * 2**20 == pytest.approx(lora * 4) and est.optimizer_mib * 2**20 == pytest.approx(lora * 8)
+
+
+def test_estimate_of_a_real_model_matches_the_meta_one():
+    a = build("tiny-llama", "lora", {"r": 8})
+    assert parameter_bytes(a.model)[1] == pytest.approx(
+        estimate_spec(spec(method="lora", method_options={"r": 8}))[0].gradients_mib * 2**20
+    )
+
+
+def test_activation_formula_by_hand_and_checkpointing_saves():
+    cfg = type("C", (), dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                             hidden_act="silu", num_hidden_layers=2, vocab_size=256, model_type="llama"))()  # fmt: skip
+    tokens, kv = 8 * 16, 2 * 16
+    block = tokens * (2 * (7 * 64 + 2 * kv + 4 * 128) + 8 * 64)
+    logits = tokens * 256 * (2 + 4) * 2
+    assert activation_bytes(cfg, 8, 16, 2, False, True) == 2 * block + logits
+    assert activation_bytes(cfg, 8, 16, 2, True, True) == tokens * 64 * 2 * 2 + block + logits
+    assert activation_bytes(cfg, 8, 16, 2, False, False) == 2 * block
+
+
+def test_records_carry_the_estimate_beside_the_measurement(tmp_path):
+    res = run_cell_inproc(tmp_path, task="random-lm", method="lora", steps=2, save_checkpoint=False)
+    assert res["metrics"]["estimate_total_mib"] > 0 and res["metrics"]["estimate_gradients_mib"] > 0
+
+
+@pytest.mark.slow
+def test_a_cell_that_cannot_fit_the_gpu_is_refused_before_it_runs(tmp_path):
+    import fake_nvml
+
+    fake = {"devices": [{"name": "SmallGPU", "used_mib": 100, "total_mib": 700}]}
+    path = make_suite(tmp_path, {"method": ["full"], "model": ["tiny-llama"]}, task={"name": "random-lm"})
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fake_nvml.env(fake))
+    assert res.returncode == 0, res.stderr
+    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert rec["status"] == "unsupported" and "GiB free on GPU 0" in rec["error"]["message"]
+    assert rec["metrics"]["estimate_total_mib"] > 0 and rec["child_pid"] is None
+
+
+def test_dry_run_prints_each_cells_estimate(tmp_path, capsys):
+    from bench.cli import main
+
+    path = make_suite(tmp_path, {"method": ["full", "lora"]}, task={"name": "random-lm"})
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "weights + grads + optimizer + activations = total GiB" in out
+    assert "tiny-llama--random-lm--lora--fp32--ga1" in out and "= 0.00" in out
+
+
+def test_inference_phase_gives_three_figures_and_merged_equals_unmerged(tmp_path):
+    res = run_cell_inproc(
+        tmp_path, task="random-lm", method="lora", method_options={"r": 4}, lr=0.05, steps=4,
+        inference={"new_tokens": 4, "batch": 2, "prompt_len": 8, "repeats": 1},
+    )  # fmt: skip
+    assert res["status"] == "success", res.get("error")
+    m = res["metrics"]
+    for variant in ("base", "adapter", "merged"):
+        assert m[f"inference_tokens_per_s_{variant}"] > 0 and m[f"inference_ms_per_token_{variant}"] > 0
+    assert 0 < m["merge_logit_max_abs_diff"] < 1e-4  # a trained adapter, merged: the same model up to rounding
+    assert "inference" in res["phases"]
+
+
+def test_inference_of_a_soft_prompt_says_why_nothing_merges(tmp_path):
+    options = {"num_virtual_tokens": 4}
+    inference = {"new_tokens": 2, "repeats": 1}
+    res = run_cell_inproc(
+        tmp_path, task="random-lm", method="prompt", method_options=options, steps=2, inference=inference
+    )
+    assert res["metrics"]["inference_tokens_per_s_merged"] is None
+    assert "soft prompts" in res["missing_reason"]["inference_tokens_per_s_merged"]
+
+
+def test_repeats_give_one_record_per_seed_and_a_spread_column(tmp_path):
+    from bench.suite import expand, load_suite
+
+    path = make_suite(tmp_path, {"method": ["full", "lora"]}, repeats=3)
+    specs = expand(load_suite(path))
+    assert len(specs) == 6 and sorted({s.seed for s in specs}) == [0, 1, 2]
+    assert {s.run_id for s in specs} >= {
+        "tiny-llama--toy-cls--full--fp32--ga1",
+        "tiny-llama--toy-cls--full--fp32--ga1--s2",
+    }
+    recs = []
+    for i, s in enumerate(specs):
+        r = json.loads(FIX.read_text().splitlines()[0])
+        r["run_id"], r["spec"] = (
+            s.run_id,
+            {**r["spec"], "method": s.method, "method_label": s.method_label, "seed": s.seed},
+        )
+        r["metrics"] = {**r["metrics"], "score_after": 0.80 + 0.01 * i}
+        recs.append(r)
+    md = report.to_markdown(report.records_to_frame(recs))
+    assert "3 seeds per cell" in md and "score after mean ± sd" in md
+    assert "0.810 ± 0.0100" in md and "0.840 ± 0.0100" in md
+    assert "best" in md
+
+
+def test_methods_within_the_spread_are_marked_indistinguishable():
+    from bench.report_repeats import aggregate, versus_best
+
+    rows = [
+        {"method_label": m, "precision": "fp32", "grad_accum": 1, "grad_ckpt": False, "status": "success",
+         "score_after": s, "trainable_params": 1, "trainable_pct": 1.0, "checkpoint_bytes": 1, "tokens_per_s": 1.0,
+         "step_time_p50_s": 1.0, "train_peak_rss_mib": 1.0}
+        for m, scores in (("a", [0.80, 0.90]), ("b", [0.84, 0.86]), ("c", [0.50, 0.51])) for s in scores
+    ]  # fmt: skip
+    df = report.records_to_frame([])
+    df = df.reindex(range(len(rows))).assign(**{k: [r[k] for r in rows] for k in rows[0]})
+    verdicts = versus_best(aggregate(df), higher_is_better=True)
+    assert verdicts == ["best", "≈ best (within spread)", "-0.345"]
+
+
+def test_compare_is_quiet_on_identical_runs_and_fails_on_a_regression(tmp_path):
+    same = cli("compare", str(FIX), str(FIX))
+    assert same.returncode == 0 and "nothing moved" in same.stdout
+    doctored = [json.loads(line) for line in FIX.read_text().splitlines()]
+    worse = copy.deepcopy(doctored)
+    worse[1]["metrics"]["tokens_per_s"] *= 0.8  # 20% slower
+    worse[2]["metrics"]["trainable_params"] += 1
+    worse[0]["metrics"]["score_after"] -= 0.1
+    path = tmp_path / "new.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in worse))
+    res = cli("compare", str(FIX), str(path))
+    assert res.returncode == 1 and "3 regression(s)" in res.stderr
+    assert "-20.0%" in res.stdout and "trainable_params" in res.stdout and "score_after" in res.stdout
+    faster = copy.deepcopy(doctored)
+    faster[1]["metrics"]["tokens_per_s"] *= 1.2
+    path.write_text("".join(json.dumps(r) + "\n" for r in faster))
+    res = cli("compare", str(FIX), str(path))
+    assert res.returncode == 0 and "+20.0%" in res.stdout  # an improvement is shown, not failed

@@ -1,0 +1,153 @@
+"""The cluster path against a real one-node Slurm (scripts/slurm-local.sh installs slurm-wlm + munge when missing
+and starts it): records with job ids, resume without resubmission, scancel, Slurm's time limit, a runner killed
+mid-suite, and a bad partition. Skips, saying why, only where Slurm cannot be installed or started."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, cli, read_jsonl
+
+pytestmark = pytest.mark.slow
+SCRIPT = ROOT / "scripts" / "slurm-local.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "PEFT_BENCH_SLURM_DIR": str(state)}
+    res = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=600)
+    if res.returncode != 0:
+        pytest.skip(f"no local Slurm here (scripts/slurm-local.sh start exited {res.returncode}): {res.stderr[-500:]}")
+    yield {"SLURM_CONF": str(state / "slurm.conf")}
+    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, env=env, timeout=120)
+
+
+def suite(tmp_path, methods, name="sl", **executor):
+    data = {
+        "name": name,
+        "defaults": {
+            "steps": 3,
+            "warmup_steps": 1,
+            "batch_size": 4,
+            "seq_len": 16,
+            "timeout_s": 600,
+            "device": "cpu",
+            "task": {"name": "toy-cls", "n_train": 16, "n_eval": 8},
+            "precision": "fp32",
+            "grad_accum": 1,
+            "model": "tiny-bert",
+        },
+        "matrix": {"method": methods},
+        "executor": {"kind": "slurm", "partition": "debug", **executor},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def wait_for(path, timeout=180):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.2)
+    raise TimeoutError(path)
+
+
+def test_four_cells_run_as_jobs_and_a_job_slurm_kills_at_its_limit_is_a_timeout(tmp_path, slurm, fault_env):
+    four = ["full", "bitfit", {"name": "lora", "r": 2}, {"name": "ia3"}]
+    hang = {"name": "fault-sleep", "label": "hang"}
+    path = suite(tmp_path, [*four, hang], time_min=1)  # Slurm's 1-minute limit fires long before timeout_s 600
+    env = {**fault_env, **slurm}
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=env, timeout=400)
+    assert res.returncode == 0, res.stderr + res.stdout
+    recs = {r["run_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
+    statuses = sorted(r["status"] for r in recs.values())
+    assert statuses == ["success"] * 4 + ["timeout"], [(k, r["status"], r.get("error")) for k, r in recs.items()]
+    job_ids = {r["env"]["slurm_job_id"] for r in recs.values()}
+    assert len(job_ids) == 5 and all(job_ids)
+    hung = next(r for r in recs.values() if r["status"] == "timeout")
+    assert "time limit" in hung["error"]["message"]
+    assert "sacct" not in res.stderr  # no accounting database: quiet
+    ok = [k for k, r in recs.items() if r["status"] == "success"]
+    again = cli("run", str(path), "--out", str(tmp_path / "out"), *[a for k in ok for a in ("--only", k)], env=env)
+    assert again.returncode == 0 and "resume: 4 of 4" in again.stdout
+    assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 5  # the second run added nothing
+
+
+def test_a_scancelled_job_is_canceled_and_a_rerun_finishes_it(tmp_path, slurm, fault_env):
+    marker = tmp_path / "training.pid"
+    slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 0.5, "label": "slow"}
+    path = suite(tmp_path, [slow], name="cancel")
+    env = {**os.environ, **fault_env, **slurm}
+    out = tmp_path / "out"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--no-estimate"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    wait_for(marker)
+    job_id = json.loads((out / "slurm" / "jobs.json").read_text())["tiny-bert--toy-cls--slow--fp32--ga1"]["job_id"]
+    subprocess.run(["scancel", job_id], check=True, env=env)
+    runner.communicate(timeout=120)
+    (rec,) = read_jsonl(out / "results.jsonl")
+    assert rec["status"] == "canceled" and "cancelled" in rec["error"]["message"]
+    res = cli("run", str(path), "--out", str(out), env={**fault_env, **slurm}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert [r["status"] for r in read_jsonl(out / "results.jsonl")] == ["canceled", "success"]
+
+
+def test_a_runner_killed_mid_suite_reattaches_instead_of_resubmitting(tmp_path, slurm, fault_env):
+    marker = tmp_path / "training.pid"
+    slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 0.5, "label": "slow"}
+    path = suite(tmp_path, [slow], name="reattach")
+    env = {**os.environ, **fault_env, **slurm}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--no-estimate"]
+    runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(marker)
+    runner.send_signal(signal.SIGKILL)
+    runner.communicate(timeout=30)
+    first = json.loads((out / "slurm" / "jobs.json").read_text())["tiny-bert--toy-cls--slow--fp32--ga1"]["job_id"]
+    res = cli("run", str(path), "--out", str(out), env={**fault_env, **slurm}, timeout=300)
+    assert res.returncode == 0 and "re-attached to 1 job" in res.stdout, res.stdout + res.stderr
+    (rec,) = read_jsonl(out / "results.jsonl")
+    assert rec["status"] == "success" and rec["env"]["slurm_job_id"] == first
+
+
+def test_a_bad_partition_is_one_line_and_exit_2(tmp_path, slurm):
+    path = suite(tmp_path, ["full"], name="bad")
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--partition", "nosuch", env=slurm)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Slurm refused the job (partition=nosuch)")
+    assert "invalid partition" in lines[0].lower()
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_cpu_cells_ask_for_no_gpu_and_each_job_gets_its_own_limit():
+    from bench.execution.slurm import SlurmExecutor
+    from bench.spec import RunSpec
+
+    spec = RunSpec(
+        suite="s",
+        model="tiny-bert",
+        task="toy-cls",
+        method="full",
+        precision="fp32",
+        grad_accum=1,
+        device="cpu",
+        timeout_s=600,
+    )
+    ex = SlurmExecutor("slurm", {"partition": "debug"}, 0.01)
+    assert ex.gpus_for(spec) == 0 and ex.gpus_for(RunSpec(**{**spec.to_dict(), "device": "cuda"})) == 1
+    assert ex.time_min(spec) == 10 + 1 + 5 and ex.time_min(RunSpec(**{**spec.to_dict(), "timeout_s": 60})) == 7
