@@ -15,6 +15,7 @@ MEMORY_LABELS = {
     "train_peak_nvml_process_mib": "training peak of the cell's processes, NVML (MiB)",
     "peak_nvml_mib": "peak GPU memory, NVML (MiB)",
     "torch_peak_allocated_mib": "peak torch allocated (MiB)",
+    "train_peak_rss_mib": "training peak RSS of the cell's processes (MiB; CPU run)",
     "peak_rss_mib": "peak process RSS (MiB; CPU run, no GPU)",
 }
 

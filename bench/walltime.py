@@ -1,8 +1,8 @@
 """A rough estimate of a suite's wall time on this machine, printed before it runs.
 
 Per cell: the duration of an earlier record of the same run id in the out dir when there is one; otherwise a
-FLOP count (6 x parameters per trained token, 2 x per evaluated token) divided by this machine's measured fp32
-matmul speed (a 0.3 s probe) times an efficiency calibrated on small transformers, plus a fixed start-up cost.
+FLOP count (6 or 4 x parameters per trained token, 2 x per evaluated token) divided by this machine's measured fp32
+matmul speed (a 0.3 s probe) times efficiencies calibrated on small transformers, plus per-step and start-up costs.
 bf16 cells on a CPU without native bf16 will be `unsupported` and cost about a second.
 """
 
@@ -14,10 +14,15 @@ from typing import Any
 
 from bench.spec import RunSpec
 
-EFFICIENCY = 0.45  # achieved / probe FLOP/s for small transformer training on CPUs (MiniLM, tiny Llama)
-CELL_OVERHEAD_S = 2.0  # fork/launch, model load, data, save
+# Calibrated on the smoke suite (MiniLM-L6 and a tiny Llama) on a 2-core CPU: achieved / probe FLOP/s
+TRAIN_EFFICIENCY = 0.75
+EVAL_EFFICIENCY = 0.85
+NATIVE_BF16_SPEEDUP = 1.6  # bf16 cells on a CPU with AMX / AVX512-BF16 (measured 1.6-2x)
+STEP_OVERHEAD_S = 0.006  # Python per optimizer step: what tiny models' steps cost
+CELL_OVERHEAD_S = 1.2  # fork/launch, model load, data, save
+FULL_GRADIENT_METHODS = ("full", "prune", "distill", "lowrank")  # weight gradients for (nearly) every weight
 RUNNER_OVERHEAD_S = 6.0  # runner start and the fork server's imports
-TYPICAL_FILL = {"tweet-sentiment": 0.7, "toy-cls": 0.75, "reverse": 0.6}  # real tokens / seq_len
+TYPICAL_FILL = {"tweet-sentiment": 0.8, "toy-cls": 0.75, "reverse": 0.6}  # computed tokens / seq_len
 
 
 @dataclass
@@ -53,13 +58,17 @@ def probe_gflops(seconds: float = 0.3) -> float:
     return 2 * 512**3 * n / (time.perf_counter() - t0) / 1e9
 
 
-def cell_flops(spec: RunSpec, params: int) -> float:
+def cell_seconds(spec: RunSpec, params: int, native_bf16: bool, gflops: float) -> float:
+    """Training (6N FLOPs per token for methods with weight gradients everywhere, 4N for the others),
+    evaluations (2N per token), per-step Python overhead and the cell's fixed start-up."""
     fill = TYPICAL_FILL.get(spec.task, 1.0)
-    train = 6.0 * params * spec.steps * spec.batch_size * spec.seq_len * fill
+    tokens = spec.steps * spec.batch_size * spec.seq_len * fill
+    speed = gflops * 1e9 * (NATIVE_BF16_SPEEDUP if native_bf16 and spec.precision == "bf16" else 1.0)
+    train = (6.0 if spec.method in FULL_GRADIENT_METHODS else 4.0) * params * tokens / (speed * TRAIN_EFFICIENCY)
     n_eval = spec.task_options.get("n_eval", 128)
     gen = spec.task_options.get("length", 4) if spec.task == "reverse" else 1
     evals = 2.0 * params * n_eval * spec.seq_len * fill * gen * (2 if spec.eval_before else 1)
-    return train + evals
+    return CELL_OVERHEAD_S + train + evals / (speed * EVAL_EFFICIENCY) + spec.steps * STEP_OVERHEAD_S
 
 
 def estimate(specs: list[RunSpec], earlier: dict[str, dict[str, Any]]) -> Estimate:
@@ -73,11 +82,11 @@ def estimate(specs: list[RunSpec], earlier: dict[str, dict[str, Any]]) -> Estima
     total, gflops, sizes = sum(known) + RUNNER_OVERHEAD_S, None, {}
     if rest:
         gflops = probe_gflops()
-        emulated = not facts().native_bf16
+        native = facts().native_bf16
         for spec in rest:
             if (
                 spec.device != "cuda"
-                and emulated
+                and not native
                 and spec.precision in ("bf16", "int8", "nf4")
                 and not spec.allow_emulated_precision
             ):
@@ -87,5 +96,5 @@ def estimate(specs: list[RunSpec], earlier: dict[str, dict[str, Any]]) -> Estima
             key = (spec.model, task.model_kind)
             if key not in sizes:
                 sizes[key] = parameter_count(spec.model, task.model_kind, task.num_labels, spec.model_options)[0] or 0
-            total += CELL_OVERHEAD_S + cell_flops(spec, sizes[key]) / (gflops * 1e9 * EFFICIENCY)
+            total += cell_seconds(spec, sizes[key], native, gflops)
     return Estimate(total, len(known), len(rest), gflops)

@@ -128,3 +128,27 @@ def test_rendering_ten_thousand_records_is_fast():
 def test_pareto_front_respects_lower_is_better_scores():
     pts = [(10, 2.0), (20, 1.5), (15, 2.5)]  # memory (lower better) vs perplexity (lower better)
     assert pareto_front(pts, x_higher_better=False, y_higher_better=False) == [0, 1]
+
+
+def test_every_headline_memory_column_can_be_plotted(tmp_path):
+    from bench.plot import MEMORY_LABELS
+    from bench.report_frame import MEMORY_COLUMNS
+
+    assert set(MEMORY_COLUMNS) <= set(MEMORY_LABELS)
+    recs = fixture_records()[:3]
+    for r in recs:  # CPU records: no NVML, the training RSS peak is the headline
+        r["metrics"] = {k: v for k, v in r["metrics"].items() if "nvml" not in k and "torch" not in k}
+        r["metrics"]["train_peak_rss_mib"] = 1000.0
+    data = pareto_plot(report.with_ratios(report.records_to_frame(recs)), tmp_path / "cpu.png")
+    assert data["groups"][0]["panels"][0]["x"] == "train_peak_rss_mib"
+
+
+def test_report_messages_go_to_stderr_so_stdout_is_pure_markdown(tmp_path, capsys):
+    from bench.cli import main
+
+    src = tmp_path / "results.jsonl"
+    src.write_text(FIX.joinpath("report_records.jsonl").read_text() + '{"run_id": "torn')
+    assert main(["report", str(src), "--csv", str(tmp_path / "r.csv")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("# peft-bench report") and "warning" not in out and "wrote" not in out
+    assert "torn last line" in err and "wrote" in err
