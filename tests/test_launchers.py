@@ -46,10 +46,10 @@ def test_fork_server_cells_are_isolated(tmp_path, fault_env):
     assert len(pids) == 3 and recs[0]["runner_pid"] not in pids
 
 
-@pytest.mark.parametrize("launcher", ["spawn", "fork-server"])
-def test_crash_is_classified_alike_by_both_launchers(tmp_path, fault_env, launcher):
+def test_spawn_classifies_crashes_as_the_fork_server_does(tmp_path, fault_env):
+    """tests/test_reliability.py checks the same faults with the fork server (the CPU default)."""
     path = make_suite(tmp_path, {"method": ["fault-crash", "fault-oom"]})
-    cli("run", str(path), "--out", str(tmp_path / "out"), "--launcher", launcher, env=fault_env)
+    cli("run", str(path), "--out", str(tmp_path / "out"), "--launcher", "spawn", env=fault_env)
     crash, oom = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert crash["status"] == "failed" and crash["exit_code"] == 7 and "about to crash" in crash["error"]["stderr_tail"]
     assert oom["status"] == "oom"

@@ -53,24 +53,17 @@ def gone(pid: int, timeout: float = 30) -> bool:
     return False
 
 
-def test_oom_is_recorded_and_next_cell_runs(tmp_path, fault_env):
-    path = make_suite(tmp_path, {"method": ["fault-oom", "full"]})
+def test_oom_and_crash_are_recorded_and_the_next_cell_runs(tmp_path, fault_env):
+    path = make_suite(tmp_path, {"method": ["fault-oom", "fault-crash", "full"]})
     res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
     assert res.returncode == 0, res.stderr
-    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
-    assert [r["status"] for r in recs] == ["oom", "success"]
-    assert "out of memory" in recs[0]["error"]["message"]
-    assert "peak_nvml_mib" in recs[0]["metrics"]  # the peak seen is kept (null here, with its reason)
-
-
-def test_crash_with_exit_code_is_failed_with_stderr_tail(tmp_path, fault_env):
-    path = make_suite(tmp_path, {"method": ["fault-crash", "full"]})
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
-    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
-    assert [r["status"] for r in recs] == ["failed", "success"], res.stdout
-    assert recs[0]["error"]["exit_code"] == 7
-    assert "about to crash hard" in recs[0]["error"]["stderr_tail"]
-    assert (Path(recs[0]["run_dir"]) / "stderr.log").exists()
+    oom, crash, ok = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert [oom["status"], crash["status"], ok["status"]] == ["oom", "failed", "success"], res.stdout
+    assert "out of memory" in oom["error"]["message"]
+    assert "peak_nvml_mib" in oom["metrics"]  # the peak seen is kept (null here, with its reason)
+    assert crash["error"]["exit_code"] == 7
+    assert "about to crash hard" in crash["error"]["stderr_tail"]
+    assert (Path(crash["run_dir"]) / "stderr.log").exists()
 
 
 @pytest.mark.parametrize("launcher", ["spawn", "fork-server"])

@@ -82,21 +82,21 @@ def test_four_cells_run_as_jobs_and_a_job_slurm_kills_at_its_limit_is_a_timeout(
     assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 5  # the second run added nothing
 
 
-def test_a_scancelled_job_is_canceled_and_a_rerun_finishes_it(tmp_path, slurm, fault_env):
+def slow_job(tmp_path, name, env):
+    """A runner whose one Slurm job trains slowly; returns (runner, suite, out, job id) once training began."""
     marker = tmp_path / "training.pid"
     slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 0.5, "label": "slow"}
-    path = suite(tmp_path, [slow], name="cancel")
-    env = {**os.environ, **fault_env, **slurm}
-    out = tmp_path / "out"
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--no-estimate"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    path, out = suite(tmp_path, [slow], name=name), tmp_path / "out"
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--no-estimate"]
+    runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for(marker)
     job_id = json.loads((out / "slurm" / "jobs.json").read_text())["tiny-bert--toy-cls--slow--fp32--ga1"]["job_id"]
+    return runner, path, out, job_id
+
+
+def test_a_scancelled_job_is_canceled_and_a_rerun_finishes_it(tmp_path, slurm, fault_env):
+    env = {**os.environ, **fault_env, **slurm}
+    runner, path, out, job_id = slow_job(tmp_path, "cancel", env)
     subprocess.run(["scancel", job_id], check=True, env=env)
     runner.communicate(timeout=120)
     (rec,) = read_jsonl(out / "results.jsonl")
@@ -107,17 +107,9 @@ def test_a_scancelled_job_is_canceled_and_a_rerun_finishes_it(tmp_path, slurm, f
 
 
 def test_a_runner_killed_mid_suite_reattaches_instead_of_resubmitting(tmp_path, slurm, fault_env):
-    marker = tmp_path / "training.pid"
-    slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 0.5, "label": "slow"}
-    path = suite(tmp_path, [slow], name="reattach")
-    env = {**os.environ, **fault_env, **slurm}
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--no-estimate"]
-    runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    wait_for(marker)
+    runner, path, out, first = slow_job(tmp_path, "reattach", {**os.environ, **fault_env, **slurm})
     runner.send_signal(signal.SIGKILL)
     runner.communicate(timeout=30)
-    first = json.loads((out / "slurm" / "jobs.json").read_text())["tiny-bert--toy-cls--slow--fp32--ga1"]["job_id"]
     res = cli("run", str(path), "--out", str(out), env={**fault_env, **slurm}, timeout=300)
     assert res.returncode == 0 and "re-attached to 1 job" in res.stdout, res.stdout + res.stderr
     (rec,) = read_jsonl(out / "results.jsonl")

@@ -201,14 +201,19 @@ def enable_grad_ckpt(model: Any, method: Any) -> None:
         base.enable_input_require_grads()
 
 
+def score_into(c: Cell, when: str) -> None:
+    """The task's metrics now, as `score_<when>` and `<metric>_<when>`."""
+    c.model.eval()
+    scores = c.task.evaluate(c.model, c.device, c.spec.eval_batch, c.autocast)
+    c.metrics[f"score_{when}"] = scores["score"]
+    for key in scores.keys() - {"score"}:
+        c.metrics[f"{key}_{when}"] = scores[key]
+
+
 def phase_eval_before(c: Cell) -> None:
     from bench.tasks.base import lm_loss_eval
 
-    c.model.eval()
-    before = c.task.evaluate(c.model, c.device, c.spec.eval_batch, c.autocast)
-    c.metrics["score_before"] = before["score"]
-    for key in before.keys() - {"score"}:
-        c.metrics[f"{key}_before"] = before[key]
+    score_into(c, "before")
     if c.general:
         c.metrics["general_loss_before"] = lm_loss_eval(
             c.task, c.model, c.device, c.spec.eval_batch, c.autocast, c.general
@@ -252,11 +257,7 @@ def phase_train(c: Cell) -> None:
 def phase_eval_after(c: Cell) -> None:
     from bench.tasks.base import lm_loss_eval
 
-    c.model.eval()
-    after = c.task.evaluate(c.model, c.device, c.spec.eval_batch, c.autocast)
-    c.metrics["score_after"] = after["score"]
-    for key in after.keys() - {"score"}:
-        c.metrics[f"{key}_after"] = after[key]
+    score_into(c, "after")
     forgetting(c, lm_loss_eval)
 
 
