@@ -91,29 +91,57 @@ def estimate_model(model: Any, spec: RunSpec, compute_dtype: str, causal: bool) 
     return MemoryEstimate(weights / MIB, grads / MIB, optim / MIB, acts / MIB)
 
 
-def estimate_spec(spec: RunSpec) -> tuple[MemoryEstimate | None, str]:
+class ConfigCache:
+    """Model configs of a suite, each fetched once; after one hub id is unreachable the others are not tried
+    (an offline hub costs half a minute of retries per attempt)."""
+
+    def __init__(self) -> None:
+        self.configs: dict[tuple, Any] = {}
+        self.hub_down: str | None = None
+
+    def get(self, spec: RunSpec, kind: str, num_labels: int | None) -> Any:
+        import json
+
+        from bench.models import load_config, resolve_source
+
+        key = (spec.model, json.dumps(spec.model_options, sort_keys=True), kind, num_labels)
+        if key not in self.configs:
+            source = resolve_source(spec.model, spec.model_options)
+            if source.kind == "hub" and self.hub_down:
+                self.configs[key] = ValueError(f"the hub was unreachable for an earlier model ({self.hub_down})")
+            else:
+                try:
+                    self.configs[key] = load_config(source, kind, num_labels, spec.model_options)[0]
+                except Exception as exc:
+                    self.configs[key] = exc
+                    if source.kind == "hub":
+                        self.hub_down = f"{type(exc).__name__}: {str(exc)[:80]}"
+        if isinstance(self.configs[key], Exception):
+            raise self.configs[key]
+        return self.configs[key]
+
+
+def estimate_spec(spec: RunSpec, configs: ConfigCache | None = None) -> tuple[MemoryEstimate | None, str]:
     """Before any run: build the cell's model on the meta device, apply its method there, estimate. (None, why)
     where that cannot be done (a hub config offline, a method that needs data or a teacher to apply)."""
     try:
-        return _estimate_on_meta(spec), ""
+        return _estimate_on_meta(spec, configs or ConfigCache()), ""
     except Exception as exc:
-        return None, f"{type(exc).__name__}: {str(exc)[:160]}"
+        return None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
 
 
-def _estimate_on_meta(spec: RunSpec) -> MemoryEstimate:
+def _estimate_on_meta(spec: RunSpec, configs: ConfigCache) -> MemoryEstimate:
     import torch
 
     from bench import registry
     from bench.methods.base import MethodContext
-    from bench.models import auto_class, build_random, load_config, resolve_source
+    from bench.models import auto_class, build_random
     from bench.options import parse_options
     from bench.precision import QUANTIZED, cast_frozen, label_plan
 
     task, method_cls = registry.load("task", spec.task), registry.load("method", spec.method)
     plan = label_plan(spec.precision) if spec.precision not in QUANTIZED else None
-    cfg, _ = load_config(
-        resolve_source(spec.model, spec.model_options), task.model_kind, task.num_labels, spec.model_options
-    )
+    cfg = configs.get(spec, task.model_kind, task.num_labels)
     storage = plan.storage_dtype(method_cls.trains_base) if plan else "bfloat16"
     model = build_random(auto_class(task.model_kind), cfg, "meta", storage, spec.seed)
     if spec.precision in QUANTIZED:

@@ -11,6 +11,7 @@ device and quantized before the next, so a 70B-class shape never exists in bf16;
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,11 @@ def resolve_source(name: str, options: dict[str, Any] | None = None) -> ModelSou
         return ModelSource("config_file", str(path.resolve()), True)
     if path.is_dir():
         return ModelSource("dir", str(path.resolve()), random)
-    if "/" in name and not name.startswith((".", "/", "~")) and not name.endswith(".json"):
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith(".") and not name.endswith(".json"):
         return ModelSource("hub", name, random)
     raise ValueError(
-        f"unknown model {name!r}{suggest(name, NAMED)}; use a named model ({', '.join(NAMED)}), "
-        "a config .json file, an existing local directory, or a hub id like org/name"
+        f"unknown model {name!r}{suggest(name, NAMED)}: not a named model ({', '.join(NAMED)}), an existing config "
+        ".json file or local directory, or a hub id like org/name"
     )
 
 

@@ -1,5 +1,7 @@
 """Suite loading, validation and expansion (no cells run)."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -157,3 +159,15 @@ def test_trust_remote_code_is_off_unless_the_suite_sets_it(tmp_path, monkeypatch
     bad = make_suite(tmp_path, {"model": [{"name": "tiny-llama", "trust_remote_cod": True}]})
     with pytest.raises(SuiteError, match="unknown model option"):
         load_suite(bad)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "suites").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_shipped_suite_loads_and_expands(path, monkeypatch):
+    monkeypatch.chdir(path.parents[1])  # suites name repo-relative paths (shapes, the teacher checkpoint)
+    if path.stem == "distill-minilm" and not Path("out/teacher-minilm").exists():
+        with pytest.raises(SuiteError, match="out/teacher-minilm"):  # step 2 of 2: step 1 writes the teacher
+            load_suite(path)
+        return
+    assert expand(load_suite(path))
