@@ -91,7 +91,7 @@ def test_mfu_formula_and_missing_reasons():
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_runs_a_four_cell_suite(tmp_path):
+def test_submitit_local_executor_runs_a_suite_and_resumes(tmp_path):
     data = {
         "name": "sl",
         "defaults": {
@@ -102,9 +102,10 @@ def test_submitit_local_executor_runs_a_four_cell_suite(tmp_path):
             "timeout_s": 300,
             "task": {"name": "toy-cls", "n_train": 16, "n_eval": 8},
             "precision": "fp32",
+            "grad_accum": 1,
             "model": "tiny-bert",
         },
-        "matrix": {"method": ["full", "bitfit"], "grad_accum": [1, 2]},
+        "matrix": {"method": ["full", "bitfit"]},
         "executor": {"kind": "submitit-local"},
     }
     import yaml
@@ -114,11 +115,11 @@ def test_submitit_local_executor_runs_a_four_cell_suite(tmp_path):
     res = cli("run", str(path), "--out", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr + res.stdout
     recs = read_jsonl(tmp_path / "out" / "results.jsonl")
-    assert len(recs) == 4 and all(r["status"] == "success" for r in recs), [r.get("error") for r in recs]
+    assert len(recs) == 2 and all(r["status"] == "success" for r in recs), [r.get("error") for r in recs]
     assert all(r["metrics"]["trainable_params"] > 0 and r["loss_curve"] for r in recs)
     assert (tmp_path / "out" / "slurm").is_dir()
     res = cli("run", str(path), "--out", str(tmp_path / "out"))  # resume across submissions: nothing to redo
-    assert "resume: 4 of 4" in res.stdout and len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 4
+    assert "resume: 2 of 2" in res.stdout and len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 2
 
 
 def test_bad_executor_block_is_rejected(tmp_path):
@@ -143,7 +144,7 @@ def test_bad_executor_block_is_rejected(tmp_path):
 
 @pytest.mark.slow
 def test_selfcheck_compares_harness_with_an_independent_loop_on_cpu(tmp_path):
-    res = cli("selfcheck", "--out", str(tmp_path), "--steps", "12", "--methods", "lora")
+    res = cli("selfcheck", "--out", str(tmp_path), "--steps", "8", "--methods", "lora")
     assert res.returncode == 0, res.stderr
     assert "lora: step time bare/harness" in res.stdout and "not gated" in res.stdout
     data = json.loads(res.stdout[: res.stdout.rindex("}") + 1])

@@ -19,8 +19,8 @@ SAME = [
 ]
 
 
-def test_spawn_and_fork_server_give_the_same_records(tmp_path):
-    path = make_suite(tmp_path, {"method": [{"name": "lora", "r": 4}, "adapter"]}, steps=5)
+def test_spawn_and_fork_server_give_the_same_records_and_spawn_imports_only_what_it_uses(tmp_path):
+    path = make_suite(tmp_path, {"method": [{"name": "lora", "r": 4}, "full"]}, steps=5)
     recs = {}
     for launcher in ("spawn", "fork-server"):
         res = cli("run", str(path), "--out", str(tmp_path / launcher), "--launcher", launcher)
@@ -32,6 +32,10 @@ def test_spawn_and_fork_server_give_the_same_records(tmp_path):
         assert {k: a["metrics"][k] for k in SAME} == {k: b["metrics"][k] for k in SAME}
         assert a["loss_curve"] == b["loss_curve"] and a["dtypes"] == b["dtypes"]
         assert b["timings"]["time_import_s"] < a["timings"]["time_import_s"]
+    lora, full = recs["spawn"]
+    assert full["heavy_modules_loaded"] == []
+    assert "peft" in lora["heavy_modules_loaded"] and "datasets" not in lora["heavy_modules_loaded"]
+    assert full["timings"]["time_spawn_s"] > 0
 
 
 def test_fork_server_cells_are_isolated(tmp_path, fault_env):
@@ -53,13 +57,3 @@ def test_spawn_classifies_crashes_as_the_fork_server_does(tmp_path, fault_env):
     crash, oom = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert crash["status"] == "failed" and crash["exit_code"] == 7 and "about to crash" in crash["error"]["stderr_tail"]
     assert oom["status"] == "oom"
-
-
-def test_spawn_cell_imports_only_what_it_uses(tmp_path):
-    path = make_suite(tmp_path, {"method": ["full", "lora"]})
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--launcher", "spawn")
-    assert res.returncode == 0, res.stderr
-    full, lora = read_jsonl(tmp_path / "out" / "results.jsonl")
-    assert full["heavy_modules_loaded"] == []
-    assert "peft" in lora["heavy_modules_loaded"] and "datasets" not in lora["heavy_modules_loaded"]
-    assert full["timings"]["time_spawn_s"] > 0

@@ -194,24 +194,27 @@ def test_forgetting_compares_the_same_attachment_state(tmp_path):
 
 @pytest.mark.slow
 def test_disk_full_stops_the_suite_cleanly_and_resume_continues(tmp_path, monkeypatch):
-    path = make_suite(tmp_path, {"method": ["full", "bitfit", "lora"], "model": ["tiny-bert"]})
+    path = make_suite(tmp_path, {"method": ["full", "bitfit"], "model": ["tiny-bert"]})
     real = store.append_record
     calls = []
 
-    def full_on_second(out, rec):
+    def full_on_first(out, rec):
         calls.append(rec.run_id)
-        if len(calls) == 2:
+        if len(calls) == 1:
             raise store.DiskFull("cannot append: No space left on device; free space and rerun to resume")
         real(out, rec)
 
-    monkeypatch.setattr(store, "append_record", full_on_second)
+    (tmp_path / "out").mkdir()
+    real(tmp_path / "out", build_record(expand(load_suite(path))[0], OK_CHILD, CellExit(0)))  # one finished before
+    monkeypatch.setattr(store, "append_record", full_on_first)
     specs = expand(load_suite(path))
     summary = run_specs(specs, RunOptions(out_dir=tmp_path / "out"), progress=lambda s: None)
-    assert summary.exit_code == 1 and "No space left" in summary.stopped and summary.ran == 1
-    assert len(calls) == 2  # the third cell was never started
+    assert summary.exit_code == 1 and "No space left" in summary.stopped and summary.ran == 0
+    assert len(calls) == 1  # no cell started after the disk filled up
+    assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 1  # what was written before is intact
     monkeypatch.setattr(store, "append_record", real)
     summary = run_specs(specs, RunOptions(out_dir=tmp_path / "out"), progress=lambda s: None)
-    assert summary.skipped == 1 and summary.ran == 2
+    assert summary.skipped == 1 and summary.ran == 1
     assert sorted(r["run_id"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")) == sorted(
         s.run_id for s in specs
     )

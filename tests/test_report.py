@@ -119,9 +119,9 @@ def test_rendering_ten_thousand_records_is_fast():
         r["run_id"] = f"{r['run_id']}-{i}"
         r["spec"]["model"] = f"m{i % 50}"
         recs.append(r)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: parallel tests on a shared machine do not count against it
     md = report.to_markdown(report.records_to_frame(recs))
-    assert time.perf_counter() - t0 < 5
+    assert time.process_time() - t0 < 5
     assert md.count("\n## ") == 50
 
 
