@@ -71,7 +71,7 @@ def run(job: dict) -> dict:
     out = {
         "step_times_s": times,
         "tokens_per_step": job["batch_size"] * job["seq_len"],
-        "final_loss": float(loss),
+        "final_loss": float(loss.detach()),
         **marks,
     }
     if device == "cuda":

@@ -18,7 +18,7 @@ import psutil
 from bench import nvml
 from bench.cell import LAUNCH_ENV
 from bench.execution.gpus import GpuSlot
-from bench.execution.launchers import CellProcess, kill_processes
+from bench.execution.launchers import CellProcess, kill_processes, wait_for_exit
 from bench.phases import read_marks
 from bench.record import CellExit, Record, Status, build_record
 from bench.rss import RssSampler
@@ -160,8 +160,6 @@ def cleanup(proc: CellProcess, watch: TreeWatch, token: str, since: float, job: 
     others = (watch.alive() | strays(token, since)) - {proc.pid}
     still = kill_processes({proc.pid, *others}, group=proc.pid)
     if proc.poll() is None:
-        from bench.execution.launchers import wait_for_exit
-
         wait_for_exit(proc, 10)
     notes = []
     if others:
