@@ -231,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("new")
     cp.add_argument("--tolerance", default="5%", help="relative, for memory and tokens/s (default 5%%)")
     cp.add_argument("--score-tolerance", type=float, default=0.02, help="absolute, for the score (default 0.02)")
+    cp.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="only what does not depend on the machine's speed: status, trainable params, checkpoint bytes, score",
+    )
     cp.set_defaults(fn=_compare)
     sc = sub.add_parser("selfcheck", help="harness vs an independent plain loop: step time, memory, energy")
     sc.add_argument("--out", default="out/selfcheck")

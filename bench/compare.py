@@ -4,7 +4,8 @@ OLD and NEW are out dirs, results.jsonl files, or JSON/CSV exports of `peft-benc
 run id (latest attempt). Beyond tolerance: memory up or tokens/s down by more than `--tolerance` (relative),
 the score worse by more than `--score-tolerance` (absolute, in the task's direction), any change of trainable
 parameters or checkpoint bytes (deterministic figures), a cell that succeeded before and does not now. Prints a
-markdown table of what moved; exits 1 on a regression, 0 otherwise.
+markdown table of what moved; exits 1 on a regression, 0 otherwise. `--deterministic` leaves out memory and
+tokens/s, which depend on the machine: CI compares a fresh run with the committed `reports/smoke.csv` that way.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def _num(x: Any) -> float:
         return math.nan
 
 
-def moves(old: pd.DataFrame, new: pd.DataFrame, tolerance: float, score_tolerance: float) -> list[Move]:
-    """Every figure that moved beyond tolerance, cell by cell."""
+def moves(
+    old: pd.DataFrame, new: pd.DataFrame, tolerance: float, score_tolerance: float, speed: bool = True
+) -> list[Move]:
+    """Every figure that moved beyond tolerance, cell by cell (`speed=False`: no memory or tokens/s)."""
     out: list[Move] = []
     mem = memory_column(pd.concat([old, new]))
     new_by_id = {r["run_id"]: r for _, r in new.iterrows()}
@@ -62,17 +65,17 @@ def moves(old: pd.DataFrame, new: pd.DataFrame, tolerance: float, score_toleranc
             continue
         if o["status"] != "success" or n["status"] != "success":
             continue
-        out += _figure_moves(o, n, mem, tolerance, score_tolerance)
+        out += _figure_moves(o, n, mem if speed else None, tolerance, score_tolerance)
     return out
 
 
-def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float, score_tol: float) -> list[Move]:
+def _figure_moves(o: pd.Series, n: pd.Series, mem: str | None, tol: float, score_tol: float) -> list[Move]:
     out = []
     for col in ("trainable_params", "checkpoint_bytes"):
         a, b = _num(o[col]), _num(n[col])
         if not (math.isnan(a) and math.isnan(b)) and a != b:
             out.append(Move(o["run_id"], col, a, b, f"{b - a:+,.0f}", True))
-    for col, worse_if_up in ((mem, True), ("tokens_per_s", False)):
+    for col, worse_if_up in ((mem, True), ("tokens_per_s", False)) if mem else ():
         a, b = _num(o[col]), _num(n[col])
         if math.isnan(a) or math.isnan(b) or a == 0:
             continue
@@ -87,11 +90,12 @@ def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float, score_tol: f
     return out
 
 
-def to_markdown(found: list[Move], old: str, new: str, tolerance: float, score_tolerance: float) -> str:
+def to_markdown(found: list[Move], old: str, new: str, tolerance: float | None, score_tolerance: float) -> str:
     from tabulate import tabulate
 
     head = [f"# peft-bench compare: `{old}` → `{new}`", ""]
-    head.append(f"tolerance: memory / tokens/s ±{100 * tolerance:g}%, score ±{score_tolerance:g}, counts exact")
+    speed = "memory and tokens/s not compared" if tolerance is None else f"memory / tokens/s ±{100 * tolerance:g}%"
+    head.append(f"tolerance: {speed}, score ±{score_tolerance:g}, counts exact")
     if not found:
         return "\n".join([*head, "", "nothing moved beyond tolerance", ""])
     rows = [
@@ -114,8 +118,9 @@ def main(args: Any) -> int:
         print(f"error: no records in {args.old if old.empty else args.new}", file=sys.stderr)
         return 2
     tolerance = float(str(args.tolerance).rstrip("%")) / (100 if str(args.tolerance).endswith("%") else 1)
-    found = moves(old, new, tolerance, args.score_tolerance)
-    print(to_markdown(found, args.old, args.new, tolerance, args.score_tolerance))
+    speed = not getattr(args, "deterministic", False)
+    found = moves(old, new, tolerance, args.score_tolerance, speed)
+    print(to_markdown(found, args.old, args.new, tolerance if speed else None, args.score_tolerance))
     regressions = [m for m in found if m.regression]
     if regressions:
         print(f"{len(regressions)} regression(s)", file=sys.stderr)
