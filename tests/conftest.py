@@ -16,6 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = Path(__file__).parent / "plugins"
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))  # test fakes, reached through their injection points
 
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core plus one. The Slurm tests spend most of their time waiting for Slurm (its
+    time-limit check alone takes 60-90 s), so the extra worker keeps both cores busy: 405 s -> 333 s on 2 cores."""
+    return len(os.sched_getaffinity(0)) + 1
+
+
 BASE_DEFAULTS = {
     "steps": 4,
     "warmup_steps": 1,

@@ -64,7 +64,8 @@ def wait_for(path, timeout=180):
 def test_four_cells_run_as_jobs_and_a_job_slurm_kills_at_its_limit_is_a_timeout(tmp_path, slurm, fault_env):
     four = ["full", "bitfit", {"name": "lora", "r": 2}, {"name": "ia3"}]
     hang = {"name": "fault-sleep", "label": "hang"}
-    path = suite(tmp_path, [*four, hang], time_min=1)  # Slurm's 1-minute limit fires long before timeout_s 600
+    # the hang goes first so that its minute (Slurm's smallest limit, long before timeout_s 600) overlaps the others
+    path = suite(tmp_path, [hang, *four], time_min=1)
     env = {**fault_env, **slurm}
     res = cli("run", str(path), "--out", str(tmp_path / "out"), env=env, timeout=400)
     assert res.returncode == 0, res.stderr + res.stdout
