@@ -48,10 +48,8 @@ def _num(x: Any) -> float:
         return math.nan
 
 
-def moves(
-    old: pd.DataFrame, new: pd.DataFrame, tolerance: float, score_tolerance: float, speed: bool = True
-) -> list[Move]:
-    """Every figure that moved beyond tolerance, cell by cell (`speed=False`: no memory or tokens/s)."""
+def moves(old: pd.DataFrame, new: pd.DataFrame, tolerance: float | None, score_tolerance: float) -> list[Move]:
+    """Every figure that moved beyond tolerance, cell by cell (`tolerance` None: memory and tokens/s left out)."""
     out: list[Move] = []
     mem = memory_column(pd.concat([old, new]))
     new_by_id = {r["run_id"]: r for _, r in new.iterrows()}
@@ -65,17 +63,17 @@ def moves(
             continue
         if o["status"] != "success" or n["status"] != "success":
             continue
-        out += _figure_moves(o, n, mem if speed else None, tolerance, score_tolerance)
+        out += _figure_moves(o, n, mem, tolerance, score_tolerance)
     return out
 
 
-def _figure_moves(o: pd.Series, n: pd.Series, mem: str | None, tol: float, score_tol: float) -> list[Move]:
+def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float | None, score_tol: float) -> list[Move]:
     out = []
     for col in ("trainable_params", "checkpoint_bytes"):
         a, b = _num(o[col]), _num(n[col])
         if not (math.isnan(a) and math.isnan(b)) and a != b:
             out.append(Move(o["run_id"], col, a, b, f"{b - a:+,.0f}", True))
-    for col, worse_if_up in ((mem, True), ("tokens_per_s", False)) if mem else ():
+    for col, worse_if_up in ((mem, True), ("tokens_per_s", False)) if tol is not None else ():
         a, b = _num(o[col]), _num(n[col])
         if math.isnan(a) or math.isnan(b) or a == 0:
             continue
@@ -117,10 +115,11 @@ def main(args: Any) -> int:
     if old.empty or new.empty:
         print(f"error: no records in {args.old if old.empty else args.new}", file=sys.stderr)
         return 2
-    tolerance = float(str(args.tolerance).rstrip("%")) / (100 if str(args.tolerance).endswith("%") else 1)
-    speed = not getattr(args, "deterministic", False)
-    found = moves(old, new, tolerance, args.score_tolerance, speed)
-    print(to_markdown(found, args.old, args.new, tolerance if speed else None, args.score_tolerance))
+    text = str(args.tolerance)
+    # --deterministic: memory and tokens/s depend on the machine, so they are not compared at all
+    tolerance = None if args.deterministic else float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    found = moves(old, new, tolerance, args.score_tolerance)
+    print(to_markdown(found, args.old, args.new, tolerance, args.score_tolerance))
     regressions = [m for m in found if m.regression]
     if regressions:
         print(f"{len(regressions)} regression(s)", file=sys.stderr)
