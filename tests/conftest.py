@@ -15,6 +15,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = Path(__file__).parent / "plugins"
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))  # test fakes, reached through their injection points
+# One OpenMP thread per process (cells inherit it): the workers already share the cores, and on a loaded 2-core
+# machine two-thread cells spin-wait on each other (the tiny-llama smoke cells went from 5 s to over a minute each).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
