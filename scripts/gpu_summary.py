@@ -121,7 +121,7 @@ def inference(recs: dict[str, dict]) -> list[str]:
             + [fmt_num(m.get(f"inference_tokens_per_s_{v}")) for v in ("base", "adapter", "merged")]
             + [fmt_num(m.get("merge_logit_max_abs_diff"))]
         )
-    return ["## inference (tokens/s)", "", table(rows, ["cell", "base", "adapter", "merged", "merge max abs dlogit"]), ""]
+    return ["## inference (tokens/s)", "", table(rows, ["cell", "base", "adapter", "merged", "merge max abs diff"]), ""]
 
 
 def main() -> None:
