@@ -8,7 +8,7 @@ frozen base (nf4 with double quantization), bf16 compute, adapter weights fp32.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench.errors import Unsupported
@@ -50,29 +50,27 @@ def label_plan(name: str) -> PrecisionPlan:
 
 def plan_precision(name: str, device: str, allow_emulated: bool = False) -> PrecisionPlan:
     """The plan for `name` on `device` ("cpu" | "cuda"); Unsupported where it cannot be honoured."""
-    if name == "fp32":
-        return PrecisionPlan(name, "no", None, False)
-    if name == "fp16":
-        if device != "cuda":
-            raise Unsupported(
-                "fp16 mixed precision needs CUDA: accelerate runs fp16 autocast and gradient "
-                "scaling only on GPU, on CPU it would silently train in fp32"
-            )
-        return PrecisionPlan(name, "fp16", "float16", False)
-    if name == "bf16":
-        if device == "cuda":
-            import torch
+    if name not in LABELS:
+        raise ValueError(f"unknown precision {name!r}")
+    plan = LABELS[name]
+    if name == "fp16" and device != "cuda":
+        raise Unsupported(
+            "fp16 mixed precision needs CUDA: accelerate runs fp16 autocast and gradient "
+            "scaling only on GPU, on CPU it would silently train in fp32"
+        )
+    if name == "bf16" and device == "cuda":
+        import torch
 
-            if not torch.cuda.is_bf16_supported():
-                raise Unsupported(f"bf16 is not supported on {torch.cuda.get_device_name()}")
-        return PrecisionPlan(name, "bf16", "bfloat16", False, _emulated_bf16(name, device, allow_emulated))
-    if name in QUANTIZED:
+        if not torch.cuda.is_bf16_supported():
+            raise Unsupported(f"bf16 is not supported on {torch.cuda.get_device_name()}")
+    if plan.quantized:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
             raise Unsupported(f"{name} needs bitsandbytes, which does not import here: {exc}") from exc
-        return PrecisionPlan(name, "bf16", None, True, _emulated_bf16(name, device, allow_emulated))
-    raise ValueError(f"unknown precision {name!r}")
+    if plan.mixed_precision == "bf16":
+        return replace(plan, emulated=_emulated_bf16(name, device, allow_emulated))
+    return plan
 
 
 def _emulated_bf16(name: str, device: str, allow_emulated: bool) -> bool:

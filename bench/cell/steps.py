@@ -164,8 +164,7 @@ def method_context(c: Cell) -> Any:
     from bench.models import load_model
 
     def evaluate(model: Any) -> float:
-        model.eval()
-        return c.task.evaluate(model, c.device, c.spec.eval_batch, c.autocast)["score"]
+        return task_scores(c, model)["score"]
 
     def load_frozen_model(source: str, options: dict[str, Any] | None = None) -> Any:
         kind, labels = c.task_cls.model_kind, c.task_cls.num_labels
@@ -201,10 +200,15 @@ def enable_grad_ckpt(model: Any, method: Any) -> None:
         base.enable_input_require_grads()
 
 
+def task_scores(c: Cell, model: Any) -> dict[str, Any]:
+    """The task's metrics of `model` now (eval mode, the cell's device, eval batch and autocast)."""
+    model.eval()
+    return c.task.evaluate(model, c.device, c.spec.eval_batch, c.autocast)
+
+
 def score_into(c: Cell, when: str) -> None:
     """The task's metrics now, as `score_<when>` and `<metric>_<when>`."""
-    c.model.eval()
-    scores = c.task.evaluate(c.model, c.device, c.spec.eval_batch, c.autocast)
+    scores = task_scores(c, c.model)
     c.metrics[f"score_{when}"] = scores["score"]
     for key in scores.keys() - {"score"}:
         c.metrics[f"{key}_{when}"] = scores[key]

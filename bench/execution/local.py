@@ -24,10 +24,11 @@ class FitCheck:
     instead of started (`--no-fit-check` turns this off)."""
 
     def __init__(self, backend: Any, specs: list[RunSpec]):
-        from bench.estimate import estimate_spec
+        from bench.estimate import ConfigCache, estimate_spec
 
         self.backend = backend
-        self.estimates = {s.run_id: estimate_spec(s)[0] for s in specs}
+        configs = ConfigCache()  # each model's config fetched once for the whole suite
+        self.estimates = {s.run_id: estimate_spec(s, configs)[0] for s in specs}
 
     def refuse(self, spec: RunSpec, slot: GpuSlot, ctx: RunContext) -> Record | None:
         est = self.estimates.get(spec.run_id)

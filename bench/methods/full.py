@@ -32,12 +32,11 @@ class FullFineTune(Method):
         dtype = getattr(torch, getattr(self, "ship_dtype", "float32"))
         state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
         model.save_pretrained(out_dir, state_dict=state)
-        if getattr(self, "tokenizer", None) is not None:
-            self.tokenizer.save_pretrained(out_dir)
-        return {
-            "saved": "full model" + (" and tokenizer" if getattr(self, "tokenizer", None) else ""),
-            "dtype": str(dtype).replace("torch.", ""),
-        }
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        saved = "full model" + (" and tokenizer" if tokenizer is not None else "")
+        return {"saved": saved, "dtype": str(dtype).replace("torch.", "")}
 
     def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
         return type(base_model).from_pretrained(ckpt_dir, dtype=base_model.dtype)

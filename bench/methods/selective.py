@@ -52,7 +52,7 @@ def transformer_layers(model: Any) -> tuple[str, Any]:
             if best is None or len(module) > len(best[1]):
                 best = (name, module)
     if best is None:
-        raise Unsupported("cannot find the transformer layer list for last_k freezing")
+        raise Unsupported("cannot find the transformer layer list (a ModuleList named layers, layer, h or blocks)")
     return best
 
 
