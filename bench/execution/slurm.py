@@ -21,6 +21,7 @@ from typing import Any
 from bench.execution.base import RunContext
 from bench.execution.slurm_queue import SubmissionError, final_state, partition_has_gpus, queue_states, scancel
 from bench.record import CellExit, Record, Status, build_record
+from bench.rundir import RunDir, write_json_atomic
 from bench.spec import RunSpec
 
 __all__ = ["SlurmExecutor", "SubmissionError", "run_cell_job"]
@@ -38,7 +39,6 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     from bench.execution.gpus import inherited_visible_devices, resolve_slots
     from bench.execution.launchers import SpawnLauncher
     from bench.execution.supervise import CellJob, supervise_cell
-    from bench.rundir import RunDir
 
     spec = RunSpec.from_json(spec_json)
     backend, reason = nvml.open_backend()
@@ -77,9 +77,7 @@ class JobsFile:
 
     def save(self, jobs: dict[str, dict[str, str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(jobs, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, jobs)
 
 
 class SlurmExecutor:
