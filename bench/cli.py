@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from bench.errors import RegistryError, SuiteError
+from bench.execution.base import BUSY_THRESHOLD_MIB
+from bench.suite.executor import EXECUTOR_KINDS
 
 EXIT_BAD_INPUT = 2
 
@@ -15,15 +17,15 @@ EXIT_BAD_INPUT = 2
 def _run(args: argparse.Namespace) -> int:
     from bench import runner
     from bench.execution import LocalOptions
-    from bench.spec import slug
-    from bench.suite import expand, load_suite
+    from bench.suite.load import expand, load_suite
+    from bench.suite.spec import slug
 
     suite = load_suite(args.suite, args.overrides)
     specs = runner.select(expand(suite), args.only)
     if args.only and not specs:
         raise SuiteError([f"--only {' '.join(args.only)}: no cell matches; run with --dry-run to list them"])
     if args.dry_run:
-        from bench.dryrun import print_dry_run
+        from bench.plan.dryrun import print_dry_run
 
         print_dry_run(suite, specs)
         return 0
@@ -35,20 +37,14 @@ def _run(args: argparse.Namespace) -> int:
         busy_threshold_mib=args.busy_threshold_mib,
         fit_check=not args.no_fit_check,
     )
-    settings = {k: v for k, v in suite.executor.items() if k != "kind"}
-    settings.update(
-        {
-            k: getattr(args, k)
-            for k in ("partition", "account", "time_min", "gpus_per_job")
-            if getattr(args, k) is not None
-        }
+    slurm = suite.slurm.merged(
+        partition=args.partition, account=args.account, time_min=args.time_min, gpus_per_job=args.gpus_per_job
     )
-    opts = runner.RunOptions(
-        out, args.force, args.only, args.executor or suite.executor.get("kind", "local"), local, settings
-    )
+    executor = args.executor or suite.executor or "local"
+    opts = runner.RunOptions(out, args.force, args.only, executor, local, slurm)
     print(f"suite {suite.name!r}: {len(specs)} cells -> {out}", flush=True)
-    if not args.no_estimate:
-        _print_estimate(specs, out, args.force)
+    if not args.no_forecast:
+        _print_forecast(specs, out, args.force)
     summary = runner.run_specs(specs, opts, progress=lambda line: print(line, flush=True))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to run"
     print(f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s -> {out}")
@@ -57,20 +53,23 @@ def _run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _print_estimate(specs: list, out: Path, force: bool) -> None:
-    """A wall-time estimate before a CPU suite runs (GPU cells: only from earlier records)."""
-    from bench import nvml, runner, store, walltime
+def _print_forecast(specs: list, out: Path, force: bool) -> None:
+    """A wall-time forecast before a CPU suite runs (GPU cells: only from earlier records)."""
+    from bench import runner
+    from bench.plan import forecast
+    from bench.results import store
+    from bench.trackers import nvml
 
     read = store.read_records(out)
-    todo, _, _ = runner.plan(specs, read.records, force)
+    todo, _, _ = runner.resume_todo(specs, read.records, force)
     earlier = store.latest_by_run_id(read.records)
     gpu = any(s.device == "cuda" for s in todo) or (any(s.device == "auto" for s in todo) and nvml.open_backend()[0])
     if not todo:
         return
     if gpu and not all(earlier.get(s.run_id, {}).get("duration_s") for s in todo):
-        print("estimated wall time: unknown for GPU cells without earlier records in this out dir", flush=True)
+        print("forecast wall time: unknown for GPU cells without earlier records in this out dir", flush=True)
         return
-    print(walltime.estimate(todo, earlier).line(len(todo)), flush=True)
+    print(forecast.forecast(todo, earlier).line(len(todo)), flush=True)
 
 
 def _gpus(text: str | None) -> list[int] | None:
@@ -83,8 +82,8 @@ def _gpus(text: str | None) -> list[int] | None:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from bench.dryrun import print_dry_run
-    from bench.suite import expand, load_suite
+    from bench.plan.dryrun import print_dry_run
+    from bench.suite.load import expand, load_suite
 
     suite = load_suite(args.suite, args.overrides)
     print_dry_run(suite, expand(suite))
@@ -92,22 +91,23 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from bench import models, registry
+    from bench import registry
+    from bench.models import sources
 
     if args.what == "models":
-        for name in models.NAMED:
-            print(f"{name:16s} kinds: {', '.join(models.supported_kinds(name))}")
+        for name in sources.NAMED:
+            print(f"{name:16s} kinds: {', '.join(sources.supported_kinds(name))}")
         print("(also: a config .json file, any local model directory or hub id org/name; `weights: random` for any)")
         return 0
     if args.what == "defaults":
-        from bench.defaults import describe
+        from bench.suite.defaults import describe
 
         print(describe())
         return 0
     if args.what == "schema":
-        from bench.record import schema_markdown
+        from bench.results.record import schema_markdown
 
-        print(schema_markdown())
+        print(schema_markdown(registry.metric_specs()))
         return 0
     kind = args.what[:-1]
     for name, info in sorted(registry.discover(kind).items()):
@@ -120,7 +120,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from bench import store
+    from bench.results import store
 
     read = store.read_records(Path(args.out))
     for w in read.warnings:
@@ -145,7 +145,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from bench import compare
+    from bench.report import compare
 
     return compare.main(args)
 
@@ -157,7 +157,7 @@ def _selfcheck(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from bench.assets import fetch_assets
+    from bench.models.assets import fetch_assets
 
     for p in fetch_assets(force=args.force):
         print(p)
@@ -165,7 +165,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
-    from bench.defaults import describe
+    from bench.execution.launchers import LAUNCHERS
+    from bench.suite.defaults import describe
 
     r = sub.add_parser(
         "run",
@@ -181,22 +182,26 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--only", action="append", default=[], metavar="PAT", help="cells whose run_id matches (glob)")
     r.add_argument(
         "--launcher",
-        choices=["auto", "spawn", "fork-server"],
+        choices=["auto", *LAUNCHERS],
         default="auto",
         help="auto: fork-server without a GPU, spawn with one",
     )
     r.add_argument("--gpus", help="comma-separated NVML GPU indices, one cell per GPU at a time (default: all visible)")
     r.add_argument("--allow-busy-gpu", action="store_true", help="run on a GPU other processes use (recorded)")
-    r.add_argument("--busy-threshold-mib", type=float, default=500.0)
-    r.add_argument("--no-estimate", action="store_true", help="skip the wall-time estimate printed before running")
+    r.add_argument("--busy-threshold-mib", type=float, default=BUSY_THRESHOLD_MIB)
+    r.add_argument(
+        "--no-forecast",
+        "--no-estimate",
+        dest="no_forecast",
+        action="store_true",
+        help="skip the wall-time forecast printed before running (--no-estimate: its old name)",
+    )
     r.add_argument(
         "--no-fit-check",
         action="store_true",
         help="start cells even when their memory estimate exceeds the free GPU memory",
     )
-    r.add_argument(
-        "--executor", choices=["local", "slurm", "submitit-local"], help="local (default), or one submitit job per cell"
-    )
+    r.add_argument("--executor", choices=EXECUTOR_KINDS, help="local (default), or one submitit job per cell")
     r.add_argument("--partition")
     r.add_argument("--account")
     r.add_argument("--time-min", type=int, help="Slurm time limit per job (default: the cell's timeout_s + a margin)")
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.execution.gpus import BusyGpu, GpuSelectionError
     from bench.execution.launchers import LauncherError
     from bench.execution.slurm_queue import SubmissionError
-    from bench.store import LockHeld
+    from bench.results.store import LockHeld
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

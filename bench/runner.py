@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import store
 from bench.execution import ExecutorOptions, LocalOptions, RunContext, make_executor
-from bench.record import Record, Status
-from bench.rundir import OutDir
-from bench.spec import NOT_HASHED, RunSpec
+from bench.results import store
+from bench.results.record import Record, Status
+from bench.results.rundir import OutDir
+from bench.suite.executor import SlurmSettings
+from bench.suite.spec import NOT_HASHED, RunSpec
 
 
 @dataclass
@@ -28,9 +29,9 @@ class RunOptions:
     out_dir: Path
     force: bool = False
     only: list[str] = field(default_factory=list)
-    executor: str = "local"  # local | slurm | submitit-local (bench/execution)
+    executor: str = "local"  # a name of bench.execution.EXECUTORS
     local: LocalOptions = field(default_factory=LocalOptions)
-    executor_settings: dict[str, Any] = field(default_factory=dict)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
 @dataclass
@@ -61,7 +62,9 @@ def spec_changes(old: dict[str, Any], new: RunSpec) -> str:
     return ", ".join(f"{k} {old.get(k)!r} -> {now[k]!r}" for k in keys) or "spec hash differs"
 
 
-def plan(specs: list[RunSpec], records: list[dict[str, Any]], force: bool) -> tuple[list[RunSpec], int, list[str]]:
+def resume_todo(
+    specs: list[RunSpec], records: list[dict[str, Any]], force: bool
+) -> tuple[list[RunSpec], int, list[str]]:
     """(cells to run, cells skipped as finished with the same spec, one notice per finished cell whose spec
     changed since)."""
     done = {} if force else store.finished(records)
@@ -113,7 +116,7 @@ def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], 
         for w in read.warnings:
             _warn(f"warning: {w}")
         chosen = select(specs, opts.only)
-        todo, summary.skipped, notices = plan(chosen, read.records, opts.force)
+        todo, summary.skipped, notices = resume_todo(chosen, read.records, opts.force)
         for line in notices:
             progress(line)
         if summary.skipped:
@@ -125,7 +128,7 @@ def run_specs(specs: list[RunSpec], opts: RunOptions, progress: Callable[[str], 
 
 
 def _execute(todo: list[RunSpec], opts: RunOptions, out: OutDir, summary: RunSummary, progress: Callable) -> None:
-    executor = make_executor(opts.executor, ExecutorOptions(opts.local, opts.executor_settings))
+    executor = make_executor(opts.executor, ExecutorOptions(local=opts.local, slurm=opts.slurm))
     t_cells = time.perf_counter()
     lock = threading.Lock()
 
@@ -148,7 +151,12 @@ def _execute(todo: list[RunSpec], opts: RunOptions, out: OutDir, summary: RunSum
                 progress("canceled: stopped after recording the running cell(s); rerun to resume")
 
     with _Cancel() as cancel:
-        ctx = RunContext(out, on_record, lambda: cancel.flag or summary.canceled or bool(summary.stopped), progress)
+        ctx = RunContext(
+            out=out,
+            on_record=on_record,
+            should_stop=lambda: cancel.flag or summary.canceled or bool(summary.stopped),
+            progress=progress,
+        )
         try:
             executor.run(todo, ctx)
         except OSError as exc:

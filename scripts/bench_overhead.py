@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Harness overhead on this machine, in one run:
 
-(a) the bare training loop of bench/bareloop.py (plain PyTorch + peft, no harness code) on the same tiny cell;
+(a) the bare training loop of bench/selfcheck/bareloop.py (plain PyTorch + peft, no harness code) on the same tiny cell;
 (b) the same cell through the harness with each launcher (spawn, fork-server): tokens/s ratio harness/bare;
 (c) 10 one-step tiny cells per launcher: per-cell overhead = cell wall - (train + eval), and the whole
     `peft-bench run` wall per cell, runner start-up included.
@@ -40,9 +40,9 @@ LORA = {"name": "lora", "r": 8, "alpha": 16}
 
 
 def bare_tokens_per_s(steps: int) -> float:
-    """The plain loop of bench/bareloop.py (no harness code), in its own process, on the same cell as CELL."""
+    """The plain loop of bench/selfcheck/bareloop.py (no harness code), in its own process, on the same cell as CELL."""
     from bench.selfcheck import run_bare
-    from bench.spec import RunSpec
+    from bench.suite.spec import RunSpec
 
     fixed = {k: v for k, v in CELL.items() if k != "task"}
     spec = RunSpec(

@@ -24,7 +24,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || python3 -m pip install -q -e . --no-deps
 PB="python3 -m bench.cli"
-BUSY="--allow-busy-gpu --no-estimate"
+BUSY="--allow-busy-gpu --no-forecast"
 if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then  # plumbing check on a CPU: tiny shapes, few steps
   SC="--model tiny-llama --precision fp32 --steps 8 --seq-len 64"
   OV="model=tiny-llama seq_len=64 device=cpu precision=fp32 steps=6 warmup_steps=2"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from bench.report_format import fmt_num
-from bench.store import latest_by_run_id, read_records
+from bench.report.markdown import fmt_num
+from bench.results.store import latest_by_run_id, read_records
 
 PHASES = ["import", "load", "data", "apply", "eval_before", "train", "eval_after", "save"]
 

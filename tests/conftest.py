@@ -56,11 +56,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
-    """`peft-bench ARGS` in a subprocess; runs skip the wall-time estimate (its probe and model counts cost seconds;
-    tests/test_walltime.py covers it)."""
+    """`peft-bench ARGS` in a subprocess; runs skip the wall-time forecast (its probe and model counts cost seconds;
+    tests/test_forecast.py covers it)."""
     full_env = {**os.environ, **(env or {})}
     if args and args[0] == "run" and "--dry-run" not in args:
-        args = (*args, "--no-estimate")
+        args = (*args, "--no-forecast")
     return subprocess.run(
         [sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout, **kw
     )
@@ -91,9 +91,9 @@ def fault_env(tmp_path, monkeypatch):
 
     site = fault_plugin_path(tmp_path)
     monkeypatch.syspath_prepend(str(site))
-    registry.discover.cache_clear()
+    registry.clear()
     yield {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    registry.discover.cache_clear()
+    registry.clear()
 
 
 SPEC_BASE = {
@@ -120,4 +120,4 @@ def run_cell_inproc(run_dir: Path, **overrides: Any) -> dict[str, Any]:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.json").write_text(json.dumps({**SPEC_BASE, **overrides}))
-    return run_cell(run_dir)
+    return run_cell(run_dir).to_dict()

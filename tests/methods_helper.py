@@ -22,9 +22,10 @@ class Applied:
 def build(model_name: str, method_name: str, options: dict | None = None, precision: str = "fp32") -> Applied:
     from bench import registry
     from bench.methods.base import MethodContext
-    from bench.models import load_model
+    from bench.models.loading import load_model
     from bench.options import parse_options
-    from bench.spec import RunSpec
+    from bench.suite.spec import RunSpec
+    from bench.tasks.base import TaskContext
 
     task_name = TASK_FOR[model_name]
     task_cls = registry.load("task", task_name)
@@ -46,8 +47,11 @@ def build(model_name: str, method_name: str, options: dict | None = None, precis
     )
     loaded = load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0)
     model, tok = loaded.model, loaded.tokenizer
-    task = task_cls(task_cls.config_cls(n_train=16, n_eval=8), spec.seq_len, 0)
-    task.load(tok, model.config)
+    task = task_cls(
+        task_cls.config_cls(n_train=16, n_eval=8),
+        TaskContext(seq_len=spec.seq_len, seed=0, tokenizer=tok, model_config=model.config),
+    )
+    task.load()
     cfg, problems = parse_options(method_cls.config_cls, options or {}, "method")
     assert not problems, problems
 
@@ -56,36 +60,35 @@ def build(model_name: str, method_name: str, options: dict | None = None, precis
         return frozen.requires_grad_(False).eval()
 
     ctx = MethodContext(
-        task_cls.model_kind,
-        precision,
-        spec.steps,
-        0,
-        False,
-        tok,
+        model_kind=task_cls.model_kind,
+        precision=precision,
+        steps=spec.steps,
+        seed=0,
+        tokenizer=tok,
         num_labels=task_cls.num_labels,
         evaluate=lambda m: task.evaluate(m.eval(), "cpu", 8, nullcontext)["score"],
         load_frozen_model=load_frozen,
-        load_method=lambda name: registry.load("method", name),
+        load_method=registry.load_method,
     )
-    method = method_cls()
-    model = method.apply(model, cfg, ctx)
+    method = method_cls(cfg, ctx)
+    model = method.apply(model)
     return Applied(model, method, cfg, ctx, task, spec)
 
 
 def fresh_base(model_name: str) -> Any:
     from bench import registry
-    from bench.models import load_model
+    from bench.models.loading import load_model
 
     task_cls = registry.load("task", TASK_FOR[model_name])
     return load_model(model_name, task_cls.model_kind, task_cls.num_labels, 0).model
 
 
 def train_steps(a: Applied) -> None:
-    from bench.phases import PhaseClock
-    from bench.precision import plan_precision
-    from bench.train import train
+    from bench.cell.train import train
+    from bench.models.precision import precision_policy
+    from bench.trackers.phases import PhaseClock
 
-    train(a.model, a.task, a.spec, a.method, plan_precision("fp32", "cpu"), "cpu", PhaseClock(None))
+    train(a.model, a.task, a.spec, a.method, precision_policy("fp32", "cpu"), "cpu", PhaseClock(None))
 
 
 def logits(a_model: Any, task: Any) -> Any:

@@ -96,13 +96,104 @@ def test_readme_layout_names_every_module_and_nothing_else():
 
 
 def test_readme_schema_and_defaults_are_generated_from_the_code():
-    from bench.defaults import markdown_table
-    from bench.record import schema_markdown
+    from bench import registry
+    from bench.results.record import schema_markdown
+    from bench.suite.defaults import markdown_table
 
-    assert schema_markdown() in readme(), "README schema is stale: paste `peft-bench list schema`"
+    assert schema_markdown(registry.metric_specs()) in readme(), (
+        "README schema is stale: paste `peft-bench list schema`"
+    )
     assert markdown_table() in readme(), "README defaults table is stale: paste bench.defaults.markdown_table()"
 
 
 def test_fakes_live_in_tests():
     for path in BENCH.rglob("*.py"):
         assert "Fake" not in path.read_text(), f"{path}: test fakes belong in tests/fakes"
+
+
+# The layer table: which part of bench/ may import which (its own package always). A package's parts are the
+# stages of the README's flow; `core` is bench/__init__, errors and options.
+LAYERS: dict[str, set[str]] = {
+    "core": set(),
+    "env": {"core"},
+    "results": {"core"},
+    "scoring": {"core"},
+    "trackers": {"core"},
+    "models": {"core", "env"},
+    "methods": {"core", "results", "models", "tasks"},
+    "tasks": {"core", "results", "models", "scoring"},
+    "registry": {"core", "results", "methods", "tasks"},
+    "suite": {"core", "registry", "models", "methods", "tasks"},
+    "plan": {"core", "env", "registry", "models", "methods", "tasks", "suite"},
+    "cell": {
+        "core",
+        "env",
+        "results",
+        "trackers",
+        "scoring",
+        "models",
+        "methods",
+        "tasks",
+        "registry",
+        "suite",
+        "plan",
+    },
+    "execution": {"core", "env", "results", "trackers", "suite", "plan", "cell"},
+    "report": {"core", "results"},
+    "runner": {"core", "results", "suite", "execution"},
+    "selfcheck": {"core", "results", "trackers", "models", "suite", "execution", "runner"},
+    "cli": {
+        "core",
+        "env",
+        "results",
+        "trackers",
+        "models",
+        "registry",
+        "suite",
+        "plan",
+        "execution",
+        "report",
+        "runner",
+        "selfcheck",
+    },
+}
+CORE = {"bench", "bench.errors", "bench.options"}
+
+
+def layer_of(module: str) -> str:
+    if module in CORE:
+        return "core"
+    return module.split(".")[1]
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for module, edges in sorted(graph.items()):
+        own = layer_of(module)
+        for target in sorted(edges):
+            other = layer_of(target)
+            if other != own and other not in LAYERS[own]:
+                out.append(f"{module} imports {target}: {own} may import {sorted(LAYERS[own]) or 'nothing'}")
+    return out
+
+
+def test_every_module_belongs_to_a_layer_of_the_table():
+    assert {layer_of(m) for m in import_graph()} == set(LAYERS)
+
+
+def test_imports_follow_the_layer_table():
+    assert layer_violations(import_graph()) == []
+
+
+def test_the_layer_check_fails_on_planted_upward_imports():
+    graph = import_graph()
+    planted = {**graph, "bench.report.frame": {*graph["bench.report.frame"], "bench.execution.local"}}
+    planted["bench.methods.distill"] = {*graph["bench.methods.distill"], "bench.cell.measure"}
+    found = layer_violations(planted)
+    assert any("bench.report.frame imports bench.execution.local" in v for v in found)
+    assert any("bench.methods.distill imports bench.cell.measure" in v for v in found)
+
+
+def test_bench_top_level_holds_only_the_entry_points():
+    top = sorted(p.name for p in BENCH.glob("*.py"))
+    assert len(top) <= 6, top

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from bench import report
-from bench.estimate import activation_bytes, estimate_spec, parameter_bytes
-from bench.spec import RunSpec
+from bench.plan.memory import activation_bytes, estimate_spec, parameter_bytes
+from bench.suite.spec import RunSpec
 from conftest import ROOT, cli, make_suite, read_jsonl, run_cell_inproc
 from methods_helper import build
 
@@ -106,7 +106,7 @@ def test_inference_of_a_soft_prompt_says_why_nothing_merges(tmp_path):
 
 
 def test_repeats_give_one_record_per_seed_and_a_spread_column(tmp_path):
-    from bench.suite import expand, load_suite
+    from bench.suite.load import expand, load_suite
 
     path = make_suite(tmp_path, {"method": ["full", "lora"]}, repeats=3)
     specs = expand(load_suite(path))
@@ -131,7 +131,7 @@ def test_repeats_give_one_record_per_seed_and_a_spread_column(tmp_path):
 
 
 def test_methods_within_the_spread_are_marked_indistinguishable():
-    from bench.report_repeats import aggregate, versus_best
+    from bench.report.repeats import aggregate, versus_best
 
     rows = [
         {"method_label": m, "precision": "fp32", "grad_accum": 1, "grad_ckpt": False, "status": "success",

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import store as records
+from bench.results import store as records
 from bench.runner import RunOptions, run_specs
-from bench.suite import expand, load_suite
+from bench.suite.load import expand, load_suite
 from conftest import cli, make_suite, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -21,8 +21,8 @@ def expected_lora_trainable(model_name: str, r: int) -> tuple[int, int]:
     import torch
     import transformers
 
-    from bench.model_configs import CONFIGS
-    from bench.models import auto_class
+    from bench.models.configs import CONFIGS
+    from bench.models.loading import auto_class
 
     cfg = transformers.AutoConfig.for_model(**CONFIGS[model_name], num_labels=2)
     model = auto_class("seq_cls").from_config(cfg)
@@ -111,7 +111,7 @@ def test_rerun_skips_finished_and_reruns_deleted_line(core_run):
 def test_local_model_directory_runs_through_from_pretrained(tmp_path):
     import transformers
 
-    from bench.model_configs import CONFIGS
+    from bench.models.configs import CONFIGS
 
     cfg = transformers.AutoConfig.for_model(**CONFIGS["tiny-bert"], num_labels=2)
     local = tmp_path / "my-bert"

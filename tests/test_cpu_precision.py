@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from bench import cpuinfo
+from bench.env import cpu as cpuinfo
 from bench.errors import Unsupported
-from bench.precision import plan_precision
+from bench.models.precision import precision_policy
 from conftest import run_cell_inproc
 
 AVX2_ONLY = cpuinfo.CpuFacts(
@@ -32,7 +32,7 @@ def test_bf16_compute_on_a_cpu_without_native_bf16_is_unsupported_with_the_reaso
     assert res["status"] == "unsupported"
     msg = res["error"]["message"]
     assert "AVX512-BF16 or AMX-BF16" in msg and "AMD EPYC 7B12" in msg and "17x slower" in msg
-    assert "allow_emulated_precision" in msg and "loss_curve" not in res
+    assert "allow_emulated_precision" in msg and res["loss_curve"] is None
 
 
 def test_the_opt_in_runs_it_and_records_emulated(avx2_only, tmp_path):
@@ -42,12 +42,12 @@ def test_the_opt_in_runs_it_and_records_emulated(avx2_only, tmp_path):
 
 
 def test_native_bf16_runs_and_is_not_marked(native_bf16):
-    assert plan_precision("bf16", "cpu").emulated is False
+    assert precision_policy("bf16", "cpu").emulated is False
 
 
 def test_fp32_and_cuda_cells_are_unaffected(avx2_only):
-    assert plan_precision("fp32", "cpu").emulated is False
-    from bench.precision import _emulated_bf16
+    assert precision_policy("fp32", "cpu").emulated is False
+    from bench.models.precision import _emulated_bf16
 
     assert _emulated_bf16("bf16", "cuda", allow_emulated=False) is False  # a GPU's bf16 is its own question
 
@@ -85,4 +85,4 @@ def test_report_marks_emulated_rows():
 
 def test_unsupported_is_raised_not_silently_fp32(avx2_only):
     with pytest.raises(Unsupported):
-        plan_precision("bf16", "cpu")
+        precision_policy("bf16", "cpu")

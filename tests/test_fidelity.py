@@ -11,20 +11,26 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.tasks.base import TaskContext
 from bench.tasks.synthetic import RandomLM, RandomLMOptions
 from conftest import run_cell_inproc
+
+VOCAB64 = type("C", (), {"vocab_size": 64})()
 
 PHASES = ["import", "load", "data", "apply", "eval_before", "train", "train_timed", "eval_after", "save"]
 
 
 def test_fixed_length_batches_carry_no_mask_and_keep_one_shape():
-    task = RandomLM(RandomLMOptions(n_train=32, n_eval=2), seq_len=16, seed=0)
-    task.load(None, type("C", (), {"vocab_size": 64})())
+    task = RandomLM(RandomLMOptions(n_train=32, n_eval=2), TaskContext(seq_len=16, seed=0, model_config=VOCAB64))
+    task.load()
     batches = [task.collate(task.train[i : i + 4]) for i in range(0, 32, 4)]
     assert all("attention_mask" not in b for b in batches)
     assert {tuple(b["input_ids"].shape) for b in batches} == {(4, 16)}
-    padded = RandomLM(RandomLMOptions(n_train=8, n_eval=1, variable_length=True), seq_len=16, seed=0)
-    padded.load(None, type("C", (), {"vocab_size": 64})())
+    padded = RandomLM(
+        RandomLMOptions(n_train=8, n_eval=1, variable_length=True),
+        TaskContext(seq_len=16, seed=0, model_config=VOCAB64),
+    )
+    padded.load()
     assert "attention_mask" in padded.collate(padded.train[:8])  # padding needs the mask
 
 
@@ -56,17 +62,18 @@ def test_records_carry_phases_and_per_phase_fields_with_reasons(tmp_path):
 
 
 def test_nvml_fields_are_null_with_reasons_on_cpu(tmp_path):
-    from bench.record import CellExit, build_record
-    from bench.spec import RunSpec
+    from bench.results.cell_result import CellResult, Status
+    from bench.results.record import CellExit, build_record
+    from bench.suite.spec import RunSpec
     from conftest import SPEC_BASE
 
-    rec = build_record(RunSpec.from_dict(SPEC_BASE), {"status": "success"}, CellExit(0), _cpu_parent())
+    rec = build_record(RunSpec.from_dict(SPEC_BASE), CellResult(status=Status.SUCCESS), CellExit(0), _cpu_parent())
     for key in ("train_peak_nvml_process_mib", "train_energy_j", "energy_per_token_j", "energy_j"):
         assert rec.metrics[key] is None and "NVML" in rec.missing_reason[key]
 
 
 def _cpu_parent():
-    from bench import nvml
+    from bench.trackers import nvml
 
     metrics, missing, phases = nvml.attribute(nvml.Sampler(None, 0), {}, 100, "NVML unavailable: no driver")
     return {"metrics": metrics, "missing_reason": missing, "phases": phases}
@@ -89,7 +96,7 @@ class DeviceLog(TorchDispatchMode):
 
 def test_a_named_config_is_built_on_its_target_device_never_on_cpu():
     """`meta` stands in for `cuda` here: the build must create every tensor on the target device."""
-    from bench.models import load_model
+    from bench.models.loading import load_model
 
     with DeviceLog() as log:
         loaded = load_model("tiny-llama", "causal_lm", None, 0, device="meta", dtype="bfloat16")
@@ -171,7 +178,7 @@ def test_imports_a_cell_needs_are_timed_in_its_import_phase():
         "from bench.cell import run_cell\n"
         "d = pathlib.Path(tempfile.mkdtemp())\n"
         "(d / 'spec.json').write_text(json.dumps({**SPEC_BASE, 'method': 'lora', 'save_checkpoint': False}))\n"
-        "r = run_cell(d)\n"
+        "r = run_cell(d).to_dict()\n"
         "print(json.dumps([r['status'], r['heavy_modules_loaded'], r['notes']]))\n"
     )
     tests = os.path.dirname(os.path.abspath(__file__))

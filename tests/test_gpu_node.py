@@ -7,7 +7,7 @@ import time
 import pytest
 
 import fake_nvml
-from bench.envinfo import bf16_peak_flops
+from bench.env.facts import bf16_peak_flops
 from bench.execution.scheduler import execute
 from conftest import cli, make_suite, read_jsonl
 
@@ -126,7 +126,7 @@ def test_bad_executor_block_is_rejected(tmp_path):
     import yaml
 
     from bench.errors import SuiteError
-    from bench.suite import load_suite
+    from bench.suite.load import load_suite
 
     data = {
         "name": "x",
@@ -158,7 +158,7 @@ def test_selfcheck_reference_shares_no_code_with_the_harness():
     import ast
     from pathlib import Path
 
-    tree = ast.parse((Path(__file__).resolve().parents[1] / "bench" / "bareloop.py").read_text())
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "bench" / "selfcheck" / "bareloop.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"json", "sys", "time", "torch", "transformers", "peft", "__future__"}, imported

@@ -104,7 +104,7 @@ def test_only_intended_parameters_change(model, method, tmp_path):
     ckpt = tmp_path / "ckpt"
     a.method.save(a.model, ckpt)
     expected = logits(a.model, a.task)
-    reloaded = a.method.load(fresh_base(model), a.config, a.ctx, ckpt)
+    reloaded = a.method.load(fresh_base(model), ckpt)
     torch.testing.assert_close(logits(reloaded, a.task), expected, atol=1e-5, rtol=0)
 
 
@@ -158,9 +158,9 @@ def example_plugin(tmp_path, monkeypatch):
     paths = [str(site), str(example)]
     for p in paths:
         monkeypatch.syspath_prepend(p)
-    registry.discover.cache_clear()
+    registry.clear()
     yield {"PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")])}
-    registry.discover.cache_clear()
+    registry.clear()
 
 
 @pytest.mark.slow
@@ -183,9 +183,9 @@ def test_two_plugins_with_one_name_is_a_clear_error(tmp_path, monkeypatch):
 
     _dist_on_path(tmp_path, "rogue-plugin", "1.0", {"lora": "rogue.module:NotLoRA"})
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry.discover.cache_clear()
+    registry.clear()
     try:
         with pytest.raises(RegistryError, match="two plugins register method 'lora'.*rogue-plugin 1.0"):
             registry.discover("method")
     finally:
-        registry.discover.cache_clear()
+        registry.clear()

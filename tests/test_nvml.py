@@ -9,10 +9,10 @@ import time
 import pytest
 
 import fake_nvml
-from bench import nvml
 from bench.execution.gpus import BusyGpu
 from bench.runner import RunOptions, run_specs
-from bench.suite import expand, load_suite
+from bench.suite.load import expand, load_suite
+from bench.trackers import nvml
 from conftest import cli, make_suite
 
 

@@ -7,23 +7,25 @@ import json
 import pytest
 
 import fake_nvml
-from bench import store
 from bench.execution.gpus import GpuSelectionError, resolve_slots
-from bench.record import CellExit, Record, Status, build_record
-from bench.rundir import RunDir
-from bench.runner import RunOptions, plan, run_specs
-from bench.spec import RunSpec
-from bench.suite import expand, load_suite
+from bench.results import store
+from bench.results.cell_result import CellResult
+from bench.results.record import CellExit, Record, Status, build_record
+from bench.results.rundir import RunDir
+from bench.runner import RunOptions, resume_todo, run_specs
+from bench.suite.load import expand, load_suite
+from bench.suite.spec import RunSpec
 from conftest import SPEC_BASE, make_suite, read_jsonl, run_cell_inproc
 
 SPEC = RunSpec.from_dict(SPEC_BASE)
-OK_CHILD = {"status": "success", "metrics": {"tokens_per_s": 10.0}, "timings": {"time_train_s": 1.0}, "child_pid": 42}
+OK = {"status": "success", "metrics": {"tokens_per_s": 10.0}, "timings": {"time_train_s": 1.0}, "child_pid": 42}
+OK_CHILD = CellResult.from_dict(OK)
 
 
 @pytest.mark.parametrize(
     "child, exit, status, error_type",
     [
-        (OK_CHILD, CellExit(0), Status.SUCCESS, None),
+        (OK, CellExit(0), Status.SUCCESS, None),
         (
             {"status": "unsupported", "error": {"type": "Unsupported", "message": "fp16 needs CUDA"}},
             CellExit(0),
@@ -69,7 +71,7 @@ def test_every_kind_of_record_comes_from_the_one_builder_and_round_trips(child, 
         "attempt": 1,
         "run_dir": "/x",
     }
-    rec = build_record(SPEC, child, exit, parent)
+    rec = build_record(SPEC, CellResult.from_dict(child) if child else None, exit, parent)
     assert rec.status == status and rec.run_id == SPEC.run_id and rec.spec_hash == SPEC.spec_hash
     assert (rec.error or {}).get("type") == error_type
     data = json.loads(json.dumps(rec.to_dict()))
@@ -96,16 +98,16 @@ def test_resume_reruns_a_cell_whose_spec_changed_under_the_same_run_id():
     old = finished_record(SPEC)
     same, changed = SPEC, RunSpec.from_dict({**SPEC_BASE, "steps": 9})
     assert same.run_id == changed.run_id
-    todo, skipped, notices = plan([same], [old], force=False)
+    todo, skipped, notices = resume_todo([same], [old], force=False)
     assert todo == [] and skipped == 1 and notices == []
-    todo, skipped, notices = plan([changed], [old], force=False)
+    todo, skipped, notices = resume_todo([changed], [old], force=False)
     assert todo == [changed] and skipped == 0
     assert "steps 4 -> 9" in notices[0] and changed.run_id in notices[0]
 
 
 def test_an_edit_that_changes_no_cell_reruns_nothing():
     edited = RunSpec.from_dict({**SPEC_BASE, "suite_hash": "another-file-hash", "timeout_s": 999})
-    assert plan([edited], [finished_record(SPEC)], force=False)[0] == []
+    assert resume_todo([edited], [finished_record(SPEC)], force=False)[0] == []
 
 
 def test_run_id_holds_every_axis_that_tells_cells_apart():
@@ -154,7 +156,7 @@ def test_cells_sample_the_gpu_their_inherited_allocation_names(tmp_path):
 
 
 def test_suite_names_are_slugged_for_paths(tmp_path):
-    from bench.spec import slug
+    from bench.suite.spec import slug
 
     assert slug("../x") == "_x" and "/" not in slug("/etc/passwd") and slug("..") == "_"
 

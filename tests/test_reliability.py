@@ -14,7 +14,7 @@ import pytest
 
 from bench.execution import LocalOptions
 from bench.runner import RunOptions, run_specs
-from bench.suite import expand, load_suite
+from bench.suite.load import expand, load_suite
 from conftest import cli, make_suite, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def start_cli(args, env):
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", *args, "--no-estimate"],
+        [sys.executable, "-m", "bench.cli", *args, "--no-forecast"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

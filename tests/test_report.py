@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bench import report
-from bench.plot import pareto_front, pareto_plot
+from bench.report.plot import pareto_front, pareto_plot
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -131,8 +131,8 @@ def test_pareto_front_respects_lower_is_better_scores():
 
 
 def test_every_headline_memory_column_can_be_plotted(tmp_path):
-    from bench.plot import MEMORY_LABELS
-    from bench.report_frame import MEMORY_COLUMNS
+    from bench.report.frame import MEMORY_COLUMNS
+    from bench.report.plot import MEMORY_LABELS
 
     assert set(MEMORY_COLUMNS) <= set(MEMORY_LABELS)
     recs = fixture_records()[:3]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.model_configs import CONFIGS
+from bench.models.configs import CONFIGS
 from conftest import ROOT, cli, run_cell_inproc
 
 SHAPES = {
@@ -45,7 +45,7 @@ def test_a_config_file_is_a_model_source_with_random_weights(tmp_path):
 
 
 def test_a_config_file_cannot_claim_pretrained_weights(tmp_path):
-    from bench.models import resolve_source
+    from bench.models.sources import resolve_source
 
     path = tmp_path / "x.json"
     path.write_text("{}")

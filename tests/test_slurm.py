@@ -88,7 +88,7 @@ def slow_job(tmp_path, name, env):
     marker = tmp_path / "training.pid"
     slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 0.5, "label": "slow"}
     path, out = suite(tmp_path, [slow], name=name), tmp_path / "out"
-    cmd = [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--no-estimate"]
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(out), "--no-forecast"]
     runner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for(marker)
     job_id = json.loads((out / "slurm" / "jobs.json").read_text())["tiny-bert--toy-cls--slow--fp32--ga1"]["job_id"]
@@ -129,7 +129,8 @@ def test_a_bad_partition_is_one_line_and_exit_2(tmp_path, slurm):
 
 def test_cpu_cells_ask_for_no_gpu_and_each_job_gets_its_own_limit():
     from bench.execution.slurm import SlurmExecutor
-    from bench.spec import RunSpec
+    from bench.suite.executor import SlurmSettings
+    from bench.suite.spec import RunSpec
 
     spec = RunSpec(
         suite="s",
@@ -141,6 +142,6 @@ def test_cpu_cells_ask_for_no_gpu_and_each_job_gets_its_own_limit():
         device="cpu",
         timeout_s=600,
     )
-    ex = SlurmExecutor("slurm", {"partition": "debug"}, 0.01)
+    ex = SlurmExecutor("slurm", SlurmSettings(partition="debug"), 0.01)
     assert ex.gpus_for(spec) == 0 and ex.gpus_for(RunSpec(**{**spec.to_dict(), "device": "cuda"})) == 1
     assert ex.time_min(spec) == 10 + 1 + 5 and ex.time_min(RunSpec(**{**spec.to_dict(), "timeout_s": 60})) == 7

@@ -17,7 +17,7 @@ REFERENCE = ROOT / "reports" / "smoke.csv"
 @pytest.mark.slow
 def test_smoke_cells_match_the_committed_reference(tmp_path):
     out = tmp_path / "smoke"
-    run = cli("run", str(ROOT / "suites" / "smoke.yaml"), "--only", "tiny-llama--*", "--no-estimate", "--out", str(out))
+    run = cli("run", str(ROOT / "suites" / "smoke.yaml"), "--only", "tiny-llama--*", "--no-forecast", "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
     res = cli("compare", str(REFERENCE), str(out), "--deterministic", "--score-tolerance", "0.1")
     assert res.returncode == 0, res.stdout + res.stderr

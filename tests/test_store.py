@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from bench import SCHEMA_VERSION, store
-from bench.record import Record, Status
+from bench import SCHEMA_VERSION
+from bench.results import store
+from bench.results.record import Record, Status
 
 
 def rec(run_id: str, status: str = "success") -> Record:
@@ -68,7 +69,7 @@ def test_disk_full_on_append_leaves_the_file_as_it_was(tmp_path, monkeypatch):
 
 def test_second_lock_holder_is_refused_with_the_first_pid(tmp_path):
     code = (
-        "import sys, time; from bench.store import OutDirLock\n"
+        "import sys, time; from bench.results.store import OutDirLock\n"
         "with OutDirLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)

@@ -7,7 +7,7 @@ import yaml
 
 from bench.cli import main as cli_main
 from bench.errors import SuiteError
-from bench.suite import expand, load_suite
+from bench.suite.load import expand, load_suite
 from conftest import make_suite
 
 
@@ -24,7 +24,7 @@ def test_matrix_expands_to_every_combination_with_readable_run_ids(tmp_path):
 
 
 def test_run_id_is_deterministic_and_spec_round_trips(tmp_path):
-    from bench.spec import RunSpec
+    from bench.suite.spec import RunSpec
 
     path = make_suite(tmp_path, {"method": [{"name": "lora", "r": 8, "alpha": 16}]})
     a, b = expand(load_suite(path)), expand(load_suite(path))
@@ -143,7 +143,7 @@ def test_entries_override_training_defaults_method_over_task_over_model(tmp_path
 def test_trust_remote_code_is_off_unless_the_suite_sets_it(tmp_path, monkeypatch):
     import transformers
 
-    from bench import models
+    from bench.models import loading
 
     seen = []
 
@@ -154,7 +154,7 @@ def test_trust_remote_code_is_off_unless_the_suite_sets_it(tmp_path, monkeypatch
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     for options in ({}, {"trust_remote_code": True}):
         with pytest.raises(RuntimeError, match="stop here"):
-            models.load_model("org/some-model", "causal_lm", None, 0, options=options)
+            loading.load_model("org/some-model", "causal_lm", None, 0, options=options)
     assert seen == [False, True]
     bad = make_suite(tmp_path, {"model": [{"name": "tiny-llama", "trust_remote_cod": True}]})
     with pytest.raises(SuiteError, match="unknown model option"):

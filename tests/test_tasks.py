@@ -5,7 +5,8 @@ import csv
 
 import pytest
 
-from bench.metrics import accuracy, exact_match, macro_f1
+from bench.scoring import accuracy, exact_match, macro_f1
+from bench.tasks.base import TaskContext
 from bench.tasks.hub import SST2, HubOptions, HubUnavailable, final_number
 from bench.tasks.tweets import TweetOptions, TweetSentiment, dedup_binary, stratified_split
 from conftest import run_cell_inproc
@@ -63,8 +64,11 @@ def test_tweet_task_loads_a_csv_through_datasets(tmp_path):
         w.writeheader()
         for r in rows(30, 70):
             w.writerow({**r, "confidence": 1.0})
-    task = TweetSentiment(TweetOptions(n_train=40, n_eval=20, data_path=str(path)), seq_len=16, seed=0)
-    task.load(CharTokenizer(), None)
+    task = TweetSentiment(
+        TweetOptions(n_train=40, n_eval=20, data_path=str(path)),
+        TaskContext(seq_len=16, seed=0, tokenizer=CharTokenizer()),
+    )
+    task.load()
     assert len(task.train) == 40 and len(task.eval) == 20
     assert not set(task.train_ids) & set(task.eval_ids)
     assert task.majority_baseline == pytest.approx(0.7)
@@ -79,7 +83,7 @@ def test_hub_task_offline_fails_with_a_clear_message(monkeypatch):
         monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     with pytest.raises(HubUnavailable, match="dataset glue/sst2 .* Hugging Face hub"):
-        SST2(HubOptions(), seq_len=16, seed=0).load(CharTokenizer(), None)
+        SST2(HubOptions(), TaskContext(seq_len=16, seed=0, tokenizer=CharTokenizer())).load()
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "ia3", "prompt", "adapter", "bitfit", "freeze", "ptuning"])

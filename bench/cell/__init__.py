@@ -1,7 +1,7 @@
 """One isolated cell: RUN_DIR/spec.json in, RUN_DIR/result.json out. Knows nothing of the suite.
 
 Run as `python -m bench.cell RUN_DIR` (spawn launcher) or called as `run_cell(RUN_DIR)` in a forked process
-(fork-server launcher). The phases live in `bench.cell.steps`; this module times and marks them, and turns
+(fork-server launcher). The steps live in `bench.cell.steps`; this module walks their table, marks each phase, and turns
 every outcome into a status inside result.json.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import Unsupported, looks_like_oom
-from bench.phases import PhaseClock
-from bench.rundir import RunDir
-from bench.spec import RunSpec
+from bench.results.cell_result import CellResult, Status
+from bench.results.rundir import RunDir
+from bench.suite.spec import RunSpec
+from bench.trackers.phases import PhaseClock
 
 LAUNCH_ENV = "PEFT_BENCH_LAUNCHED_AT"  # unix time the supervisor launched this cell (for time_spawn_s)
 PARENT_ENV = "PEFT_BENCH_PARENT_PID"  # the process whose death must end this cell
@@ -39,47 +40,41 @@ def die_with_parent() -> None:
         os._exit(70)
 
 
-def run_cell(run_dir: Path) -> dict[str, Any]:
+def run_cell(run_dir: Path) -> CellResult:
     """Run the cell described by run_dir/spec.json and write run_dir/result.json; return the result."""
-    from bench.cell.steps import PHASES, Cell, skip_eval_before
+    from bench.cell.steps import STEPS, Cell
 
     t_main = time.time()
     rd = RunDir(Path(run_dir))
     spec = RunSpec.read(rd.spec)
     launched = os.environ.get(LAUNCH_ENV)
-    result: dict[str, Any] = {
-        "status": "failed",
-        "child_pid": os.getpid(),
-        "metrics": {},
-        "missing_reason": {},
-        "notes": [],
-        "timings": {"time_spawn_s": (t_main - float(launched)) if launched else None},
-    }
-    cell = Cell(spec, rd, PhaseClock(rd.phases), result)
+    result = CellResult(
+        child_pid=os.getpid(), timings={"time_spawn_s": (t_main - float(launched)) if launched else None}
+    )
+    cell = Cell(spec=spec, run_dir=rd, clock=PhaseClock(rd.phases), result=result)
     try:
-        for name, fn in PHASES:
-            if name == "eval_before" and not spec.eval_before:
-                skip_eval_before(cell)
+        for step in STEPS:
+            if not step.enabled(spec):
+                step.skipped(cell)
                 continue
-            if name == "inference" and not spec.inference:
-                continue
-            with cell.clock.phase(name):
-                fn(cell)
-        result["status"] = "success"
+            with cell.clock.phase(step.phase):
+                step.run(cell)
+        result.status = Status.SUCCESS
     except BaseException as exc:  # noqa: BLE001 - every failure must become a record
         _classify(result, exc)
     _finish(cell, t_main)
     return result
 
 
-def _classify(result: dict[str, Any], exc: BaseException) -> None:
+def _classify(result: CellResult, exc: BaseException) -> None:
     if isinstance(exc, Unsupported):
-        result["status"] = "unsupported"
-        result["error"] = {"type": "Unsupported", "message": str(exc)}
+        result.status = Status.UNSUPPORTED
+        result.error = {"type": "Unsupported", "message": str(exc)}
         return
     text = f"{type(exc).__name__}: {exc}"
-    result["status"] = "canceled" if isinstance(exc, KeyboardInterrupt) else "oom" if looks_like_oom(text) else "failed"
-    result["error"] = {
+    oom = looks_like_oom(text)
+    result.status = Status.CANCELED if isinstance(exc, KeyboardInterrupt) else Status.OOM if oom else Status.FAILED
+    result.error = {
         "type": type(exc).__name__,
         "message": str(exc)[:2000],
         "traceback": traceback.format_exc()[-8000:],
@@ -89,18 +84,19 @@ def _classify(result: dict[str, Any], exc: BaseException) -> None:
 
 def _finish(cell: Any, t_main: float) -> None:
     result = cell.result
-    result["phases"] = cell.clock.spans
-    result["timings"].update(cell.clock.timings())
-    if "time_eval_s" in result["timings"]:
-        result["metrics"]["eval_time_s"] = result["timings"]["time_eval_s"]
-    result["metrics"]["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.phases = cell.clock.spans
+    result.timings.update(cell.clock.timings())
+    if "time_eval_s" in result.timings:
+        result.metrics["eval_time_s"] = result.timings["time_eval_s"]
+    result.metrics["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     from bench.cell.steps import heavy_modules
 
-    late = sorted(set(heavy_modules()) - set(result.get("heavy_modules_loaded") or []))
-    if late and result.get("heavy_modules_loaded") is not None:
-        result["notes"].append(f"imported after the import phase (their time is in a later phase): {late}")
-    result.setdefault("heavy_modules_loaded", heavy_modules())
-    result["timings"]["time_child_total_s"] = time.time() - t_main
+    late = sorted(set(heavy_modules()) - set(result.heavy_modules_loaded or []))
+    if late and result.heavy_modules_loaded is not None:
+        result.notes.append(f"imported after the import phase (their time is in a later phase): {late}")
+    if result.heavy_modules_loaded is None:
+        result.heavy_modules_loaded = heavy_modules()
+    result.timings["time_child_total_s"] = time.time() - t_main
     cell.run_dir.write_result(result)
 
 

@@ -6,26 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.models.params import count_params, numel
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def numel(p: Any) -> int:
-    """Logical elements of a parameter; 4-bit packed weights count their unpacked elements, as peft does."""
-    n = p.numel()
-    if type(p).__name__ == "Params4bit":
-        n = n * 2 * p.element_size()
-    return n
-
-
-def count_params(model: Any) -> tuple[int, int]:
-    """(trainable, total)."""
-    trainable = total = 0
-    for p in model.parameters():
-        n = numel(p)
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return trainable, total
 
 
 def _is_matmul(module: Any) -> bool:
@@ -91,14 +74,14 @@ def flops_per_token(model: Any, config: Any, seq_len: int, input_level: bool, gr
 
 def utilisation(metrics: dict[str, Any], missing: dict[str, str], env: dict[str, Any], compute_dtype: str) -> None:
     """mfu and hfu: FLOPs per token x tokens/s / the GPU's dense peak for the precision used."""
-    from bench.envinfo import peak_flops
+    from bench.env.facts import peak_flops
 
     peak = peak_flops(env.get("gpu_name"), compute_dtype)
     reason = None
     if env.get("device") != "cuda":
         reason = "utilisation is estimated on GPUs only"
     elif peak is None:
-        reason = f"no {compute_dtype} peak in the table for {env.get('gpu_name')!r} (bench/envinfo.py)"
+        reason = f"no {compute_dtype} peak in the table for {env.get('gpu_name')!r} (bench/env/facts.py)"
     elif metrics.get("tokens_per_s") is None:
         reason = "no timed steps"
     for key, flops in (("mfu", "model_flops_per_token"), ("hfu", "hardware_flops_per_token")):

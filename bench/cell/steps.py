@@ -1,57 +1,61 @@
-"""The phases of one cell, in order: import, load, data, apply, eval_before, train, eval_after, save.
-
-Each phase reads and fills the `Cell` it is given; `bench.cell.run` times them, marks them for the supervisor's
-NVML attribution and turns any exception into the cell's status.
+"""One step per phase of a cell (bench.trackers.phases.Phase says the cell's life), and the table that orders them
+with the rule that skips a step and what a skipped step records. `bench.cell.run_cell` walks the table; each step
+reads and fills the `Cell` it is given.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import Unsupported
-from bench.phases import PhaseClock
-from bench.rundir import RunDir
-from bench.spec import RunSpec
+from bench.results.cell_result import CellResult
+from bench.results.rundir import RunDir
+from bench.suite.spec import RunSpec
+from bench.trackers.phases import Phase, PhaseClock
+
+if TYPE_CHECKING:
+    from bench.methods.base import Method, MethodConfig
+    from bench.models.precision import PrecisionPolicy
+    from bench.tasks.base import Task, TaskConfig
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Cell:
     spec: RunSpec
     run_dir: RunDir
     clock: PhaseClock
-    result: dict[str, Any]
+    result: CellResult
     device: str = "cpu"
-    plan: Any = None
-    task_cls: Any = None
-    method_cls: Any = None
-    task_cfg: Any = None
-    method_cfg: Any = None
+    precision: PrecisionPolicy | None = None
+    task_cls: type[Task] | None = None
+    method_cls: type[Method] | None = None
+    task_cfg: TaskConfig | None = None
+    method_cfg: MethodConfig | None = None
     model: Any = None
     tokenizer: Any = None
-    task: Any = None
-    method: Any = None
+    task: Task | None = None
+    method: Method | None = None
     general: list[Any] = field(default_factory=list)  # general-text examples for the forgetting measurement
     general_what: str = ""
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return self.result["metrics"]
+        return self.result.metrics
 
     @property
     def missing(self) -> dict[str, str]:
-        return self.result["missing_reason"]
+        return self.result.missing_reason
 
     def autocast(self) -> Any:
-        from bench.train import autocast_for
+        from bench.cell.train import autocast_for
 
-        return autocast_for(self.plan, self.device)()
+        return autocast_for(self.precision, self.device)()
 
     def set_missing(self, keys: tuple[str, ...] | list[str], reason: str) -> None:
-        for k in keys:
-            self.metrics[k] = None
-            self.missing[k] = reason
+        self.result.set_missing(keys, reason)
 
 
 def phase_import(c: Cell) -> None:
@@ -60,12 +64,12 @@ def phase_import(c: Cell) -> None:
     import transformers  # noqa: F401
 
     from bench import registry
-    from bench.envinfo import base_env, device_env
+    from bench.env.facts import base_env, device_env
+    from bench.models.precision import QUANTIZED, precision_policy
     from bench.options import parse_options
-    from bench.precision import QUANTIZED, plan_precision
 
     spec = c.spec
-    c.task_cls, c.method_cls = registry.load("task", spec.task), registry.load("method", spec.method)
+    c.task_cls, c.method_cls = registry.load_task(spec.task), registry.load_method(spec.method)
     for module in (
         *c.method_cls.requires,
         *c.task_cls.requires,
@@ -73,20 +77,22 @@ def phase_import(c: Cell) -> None:
     ):
         importlib.import_module(module)
     c.device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
-    c.result["env"] = {**base_env(), **device_env(c.device), "seed": spec.seed}
+    plugins = {"method": registry.package_of("method", spec.method), "task": registry.package_of("task", spec.task)}
+    c.result.env = {**base_env(), **device_env(c.device), "seed": spec.seed, "plugins": plugins}
     c.task_cfg, problems = parse_options(c.task_cls.config_cls, spec.task_options, "task")
     c.method_cfg, problems2 = parse_options(c.method_cls.config_cls, spec.method_options, "method")
     if problems or problems2:
         raise ValueError("; ".join(problems + problems2))
-    c.result["task_info"] = {
+    c.result.task_info = {
         "metric": c.task_cls.metric,
         "higher_is_better": c.task_cls.higher_is_better,
         "score_range": c.task_cls.score_range,
         "synthetic": c.task_cls.synthetic,
     }
-    c.plan = plan_precision(spec.precision, c.device, spec.allow_emulated_precision)
-    c.result["env"]["emulated_precision"] = c.plan.emulated
-    c.result["heavy_modules_loaded"] = heavy_modules()
+    c.result.metric_specs = {s.name: s.to_dict() for s in (*c.method_cls.metric_specs, *c.task_cls.metric_specs)}
+    c.precision = precision_policy(spec.precision, c.device, spec.allow_emulated_precision)
+    c.result.env["emulated_precision"] = c.precision.emulated
+    c.result.heavy_modules_loaded = heavy_modules()
 
 
 def heavy_modules() -> list[str]:
@@ -97,11 +103,11 @@ def heavy_modules() -> list[str]:
 
 
 def phase_load(c: Cell) -> None:
-    """The base model, built or loaded directly on the cell's device in the dtype the plan stores it in."""
+    """The base model, built or loaded directly on the cell's device in the dtype the policy stores it in."""
     import torch
 
-    from bench.models import load_model
-    from bench.precision import quantization_config
+    from bench.models.loading import load_model
+    from bench.models.precision import quantization_config
 
     torch.manual_seed(c.spec.seed)
     if c.device == "cuda":
@@ -112,37 +118,43 @@ def phase_load(c: Cell) -> None:
         c.task_cls.num_labels,
         c.spec.seed,
         device=c.device,
-        dtype=c.plan.storage_dtype(c.method_cls.trains_base),
-        quant=quantization_config(c.plan, c.task_cls.model_kind),
+        dtype=c.precision.storage_dtype(c.method_cls.trains_base),
+        quant=quantization_config(c.precision, c.task_cls.model_kind),
         options=c.spec.model_options,
     )
     c.model, c.tokenizer = loaded.model, loaded.tokenizer
-    c.result["model_info"] = loaded.info
+    c.result.model_info = loaded.info
 
 
 def phase_data(c: Cell) -> None:
-    from bench.tasks.base import general_examples
+    from bench.tasks.base import TaskContext
+    from bench.tasks.batching import general_examples
 
-    c.task = c.task_cls(c.task_cfg, c.spec.seq_len, c.spec.seed)
     if c.task_cls.needs_tokenizer and c.tokenizer is None:
         raise Unsupported(f"task {c.spec.task!r} needs a tokenizer; model {c.spec.model!r} has none")
-    c.task.pad_id = getattr(c.tokenizer, "pad_token_id", None) or 0
-    c.task.load(c.tokenizer, c.model.config)
+    ctx = TaskContext(
+        seq_len=c.spec.seq_len,
+        seed=c.spec.seed,
+        tokenizer=c.tokenizer,
+        model_config=c.model.config,
+        pad_id=getattr(c.tokenizer, "pad_token_id", None) or 0,
+    )
+    c.task = c.task_cls(c.task_cfg, ctx)
+    c.task.load()
     if c.task_cls.model_kind == "causal_lm":
         c.general, c.general_what = general_examples(c.task, c.tokenizer, c.model.config.vocab_size)
 
 
 def phase_apply(c: Cell) -> None:
-    from bench.cell.measure import count_params
-    from bench.estimate import estimate_model
-    from bench.precision import cast_frozen, dtype_report, keep_quantized_weights_trainable_on_cpu
+    from bench.models.params import count_params
+    from bench.models.precision import cast_frozen, dtype_report, keep_quantized_weights_trainable_on_cpu
+    from bench.plan.memory import estimate_model
 
     spec = c.spec
-    ctx = method_context(c)
-    c.method = c.method_cls()
-    c.model = c.method.apply(c.model, c.method_cfg, ctx)
-    cast_frozen(c.model, c.plan)
-    if not c.plan.quantized:
+    c.method = c.method_cls(c.method_cfg, method_context(c))
+    c.model = c.method.apply(c.model)
+    cast_frozen(c.model, c.precision)
+    if not c.precision.quantized:
         c.model.to(c.device)  # new adapter weights; the base is there already
     elif c.device == "cpu":
         keep_quantized_weights_trainable_on_cpu(c.model)
@@ -151,9 +163,9 @@ def phase_apply(c: Cell) -> None:
     c.metrics["trainable_params"], c.metrics["total_params"] = count_params(c.model)
     c.metrics["trainable_pct"] = 100 * c.metrics["trainable_params"] / max(c.metrics["total_params"], 1)
     c.metrics["micro_batch_size"] = spec.micro_batch
-    c.result["dtypes"] = dtype_report(c.model, c.plan)
+    c.result.dtypes = dtype_report(c.model, c.precision)
     causal = c.task_cls.model_kind == "causal_lm"
-    c.metrics.update(estimate_model(c.model, spec, c.plan.compute_dtype, causal).as_metrics())
+    c.metrics.update(estimate_model(c.model, spec, c.precision.compute_dtype, causal).as_metrics())
 
 
 def method_context(c: Cell) -> Any:
@@ -161,32 +173,32 @@ def method_context(c: Cell) -> Any:
     (a teacher) and other methods (composition)."""
     from bench import registry
     from bench.methods.base import MethodContext
-    from bench.models import load_model
+    from bench.models.loading import load_model
 
     def evaluate(model: Any) -> float:
         return task_scores(c, model)["score"]
 
     def load_frozen_model(source: str, options: dict[str, Any] | None = None) -> Any:
         kind, labels = c.task_cls.model_kind, c.task_cls.num_labels
-        dtype = c.plan.storage_dtype(False)
+        dtype = c.precision.storage_dtype(False)
         model = load_model(source, kind, labels, c.spec.seed, device=c.device, dtype=dtype, options=options or {}).model
         model.requires_grad_(False)
         return model.eval()
 
     spec = c.spec
     return MethodContext(
-        c.task_cls.model_kind,
-        spec.precision,
-        spec.steps,
-        spec.seed,
-        c.plan.quantized,
-        c.tokenizer,
-        c.device,
-        spec.grad_ckpt,
-        c.task_cls.num_labels,
-        evaluate,
-        load_frozen_model,
-        lambda name: registry.load("method", name),
+        model_kind=c.task_cls.model_kind,
+        precision=spec.precision,
+        steps=spec.steps,
+        seed=spec.seed,
+        quantized=c.precision.quantized,
+        tokenizer=c.tokenizer,
+        device=c.device,
+        grad_ckpt=spec.grad_ckpt,
+        num_labels=c.task_cls.num_labels,
+        evaluate=evaluate,
+        load_frozen_model=load_frozen_model,
+        load_method=registry.load_method,
     )
 
 
@@ -214,14 +226,16 @@ def score_into(c: Cell, when: str) -> None:
         c.metrics[f"{key}_{when}"] = scores[key]
 
 
-def phase_eval_before(c: Cell) -> None:
-    from bench.tasks.base import lm_loss_eval
+def general_loss(c: Cell) -> float:
+    from bench.tasks.batching import lm_loss_eval
 
+    return lm_loss_eval(c.task, c.model, c.device, c.spec.eval_batch, c.autocast, c.general)
+
+
+def phase_eval_before(c: Cell) -> None:
     score_into(c, "before")
     if c.general:
-        c.metrics["general_loss_before"] = lm_loss_eval(
-            c.task, c.model, c.device, c.spec.eval_batch, c.autocast, c.general
-        )
+        c.metrics["general_loss_before"] = general_loss(c)
 
 
 def skip_eval_before(c: Cell) -> None:
@@ -233,12 +247,12 @@ def phase_train(c: Cell) -> None:
     import torch
 
     from bench.cell.measure import flops_per_token, utilisation
-    from bench.train import throughput_metrics, train
+    from bench.cell.train import throughput_metrics, train
 
     if c.device == "cuda":  # the training window starts from a clean allocator: eval buffers are not its peak
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    stats = train(c.model, c.task, c.spec, c.method, c.plan, c.device, c.clock)
+    stats = train(c.model, c.task, c.spec, c.method, c.precision, c.device, c.clock)
     if c.device == "cuda":
         c.metrics["torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
         c.metrics["torch_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
@@ -250,59 +264,62 @@ def phase_train(c: Cell) -> None:
     tp, tp_missing = throughput_metrics(stats)
     c.metrics.update(tp)
     c.missing.update(tp_missing)
-    input_level = c.method_cls.prepends_tokens or getattr(c.method_cls, "input_level", False)
+    input_level = c.method_cls.prepends_tokens or c.method_cls.input_level
     c.metrics.update(flops_per_token(c.model, c.model.config, c.spec.seq_len, input_level, c.spec.grad_ckpt))
-    utilisation(c.metrics, c.missing, c.result["env"], c.plan.compute_dtype)
+    utilisation(c.metrics, c.missing, c.result.env, c.precision.compute_dtype)
     c.metrics.update(c.method.metrics(stats.all_steps_s))
-    c.result["loss_curve"] = stats.losses
-    c.result["step_times_s"] = stats.step_times_s
+    c.result.loss_curve = stats.losses
+    c.result.step_times_s = stats.step_times_s
 
 
 def phase_eval_after(c: Cell) -> None:
-    from bench.tasks.base import lm_loss_eval
-
     score_into(c, "after")
-    forgetting(c, lm_loss_eval)
+    forgetting(c)
 
 
-def forgetting(c: Cell, lm_loss_eval: Any) -> None:
+def forgetting(c: Cell) -> None:
     """General-text LM loss after minus before, both with the method attached as it is trained (so attaching an
     untrained prompt is not counted as forgetting)."""
     keys = ("general_loss_before", "general_loss_after", "forgetting_delta")
     if not c.general:
         c.set_missing(list(keys), c.general_what or "forgetting is measured for causal-LM tasks only")
         return
-    c.metrics["general_loss_after"] = lm_loss_eval(c.task, c.model, c.device, c.spec.eval_batch, c.autocast, c.general)
-    c.result["task_info"]["general_text"] = c.general_what
+    c.metrics["general_loss_after"] = general_loss(c)
+    c.result.task_info["general_text"] = c.general_what
     if c.metrics.get("general_loss_before") is None:
         c.set_missing(["forgetting_delta"], c.missing.get("general_loss_before", "no general loss before training"))
     else:
         c.metrics["forgetting_delta"] = c.metrics["general_loss_after"] - c.metrics["general_loss_before"]
 
 
+CHECKPOINT_METRICS = ("checkpoint_bytes", "checkpoint_total_bytes")
+
+
 def phase_save(c: Cell) -> None:
     """The method's checkpoint. A failing save is recorded in its own field; the measured cell stays a success."""
     from bench.cell.measure import checkpoint_summary
 
-    if not c.spec.save_checkpoint:
-        c.set_missing(["checkpoint_bytes", "checkpoint_total_bytes"], "save_checkpoint is false for this suite")
-        return
     ckpt = c.run_dir.checkpoint
     try:
         info = c.method.save(c.model, ckpt) or {}
     except Exception as exc:  # disk full, a method's save bug, ...
         why = f"checkpoint save failed: {type(exc).__name__}: {str(exc)[:300]}"
-        c.result["checkpoint"] = {"error": why}
-        c.set_missing(["checkpoint_bytes", "checkpoint_total_bytes"], why)
+        c.result.checkpoint = {"error": why}
+        c.set_missing(CHECKPOINT_METRICS, why)
         return
     summary = checkpoint_summary(ckpt)
-    c.result["checkpoint"] = {**info, **summary}
+    c.result.checkpoint = {**info, **summary}
     c.metrics["checkpoint_bytes"] = summary["weight_bytes"]
     c.metrics["checkpoint_total_bytes"] = summary["total_bytes"]
 
 
+def skip_save(c: Cell) -> None:
+    c.set_missing(CHECKPOINT_METRICS, "save_checkpoint is false for this suite")
+
+
 def phase_inference(c: Cell) -> None:
-    from bench.inference import InferenceOptions, run_inference
+    from bench.cell.inference import run_inference
+    from bench.suite.defaults import InferenceOptions
 
     opts = InferenceOptions(**c.spec.inference)
     metrics, missing = run_inference(c.model, c.task_cls.model_kind, opts, c.device, c.autocast, c.spec.seed)
@@ -310,14 +327,30 @@ def phase_inference(c: Cell) -> None:
     c.missing.update(missing)
 
 
-PHASES = (
-    ("import", phase_import),
-    ("load", phase_load),
-    ("data", phase_data),
-    ("apply", phase_apply),
-    ("eval_before", phase_eval_before),
-    ("train", phase_train),
-    ("eval_after", phase_eval_after),
-    ("save", phase_save),
-    ("inference", phase_inference),
+def _always(spec: RunSpec) -> bool:
+    return True
+
+
+def _nothing(c: Cell) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Step:
+    phase: Phase
+    run: Callable[[Cell], None]
+    enabled: Callable[[RunSpec], bool] = _always  # False: the step is skipped for this cell
+    skipped: Callable[[Cell], None] = _nothing  # what a skipped step records (the reasons its figures are null)
+
+
+STEPS: tuple[Step, ...] = (
+    Step(Phase.IMPORT, phase_import),
+    Step(Phase.LOAD, phase_load),
+    Step(Phase.DATA, phase_data),
+    Step(Phase.APPLY, phase_apply),
+    Step(Phase.EVAL_BEFORE, phase_eval_before, lambda spec: spec.eval_before, skip_eval_before),
+    Step(Phase.TRAIN, phase_train),
+    Step(Phase.EVAL_AFTER, phase_eval_after),
+    Step(Phase.SAVE, phase_save, lambda spec: spec.save_checkpoint, skip_save),
+    Step(Phase.INFERENCE, phase_inference, lambda spec: bool(spec.inference)),
 )

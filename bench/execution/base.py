@@ -5,29 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from bench.record import Record
-from bench.rundir import OutDir
-from bench.spec import RunSpec
-
-EXECUTORS = ("local", "slurm", "submitit-local")
-# executor settings a suite's `executor:` block may set (local ignores them)
-SETTINGS: dict[str, Any] = {
-    "partition": str,
-    "account": str,
-    "gpus_per_job": int,
-    "time_min": int,
-    "time_margin_min": int,
-    "cpus_per_task": int,
-    "mem_gb": int,
-    "qos": str,
-    "constraint": str,
-    "sbatch": list[str],
-}
+from bench.results.record import Record
+from bench.results.rundir import OutDir
+from bench.suite.executor import SlurmSettings
+from bench.suite.spec import RunSpec
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunContext:
     """What an executor gets from the runner: where records go and when to stop."""
 
@@ -37,22 +23,26 @@ class RunContext:
     progress: Callable[[str], None] = print
 
 
-@dataclass
+BUSY_THRESHOLD_MIB = 500.0  # GPU memory held by others above which a GPU counts as busy
+EXIT_GRACE_S = 30.0  # a cell that wrote its result but has not exited by then is killed
+
+
+@dataclass(kw_only=True)
 class LocalOptions:
-    launcher: str = "auto"  # auto | spawn | fork-server
+    launcher: str = "auto"  # auto, or a name of bench.execution.launchers.LAUNCHERS
     gpus: list[int] | None = None  # NVML indices; None: every visible GPU
     allow_busy_gpu: bool = False
-    busy_threshold_mib: float = 500.0
+    busy_threshold_mib: float = BUSY_THRESHOLD_MIB
     busy_wait_s: float = 60.0
     nvml_interval_s: float = 0.01
-    exit_grace_s: float = 30.0  # a cell that wrote its result but has not exited by then is killed
+    exit_grace_s: float = EXIT_GRACE_S
     fit_check: bool = True  # on a GPU: a cell whose memory estimate exceeds the free memory is not started
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExecutorOptions:
     local: LocalOptions = field(default_factory=LocalOptions)
-    settings: dict[str, Any] = field(default_factory=dict)  # the Slurm / submitit settings
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # the Slurm / submitit settings
 
 
 class Executor(Protocol):

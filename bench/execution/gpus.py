@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import nvml
+from bench.trackers import nvml
 
 
 class BusyGpu(RuntimeError):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +21,7 @@ import psutil
 
 from bench.cell import PARENT_ENV
 from bench.execution.forkserver import PRELOAD_ENV
-from bench.rundir import RunDir
+from bench.results.rundir import RunDir
 
 
 class LauncherError(RuntimeError):
@@ -32,6 +33,16 @@ class CellProcess(Protocol):
 
     def poll(self) -> int | None:
         """None while running, else the exit code (negative: killed by that signal)."""
+
+
+class Launcher(Protocol):
+    """Starts cell processes for one slot: `start` before the first cell (warm-up), `launch` per cell, `close`."""
+
+    name: str
+
+    def start(self, env: dict[str, str]) -> None: ...
+    def launch(self, run_dir: RunDir, env: dict[str, str]) -> CellProcess: ...
+    def close(self) -> None: ...
 
 
 def kill_processes(pids: set[int] | list[int], group: int | None = None, timeout_s: float = 5.0) -> list[int]:
@@ -183,9 +194,17 @@ class ForkServerLauncher:
             self.proc.wait(timeout=10)
 
 
-def make_launcher(name: str, log: Path | None = None) -> SpawnLauncher | ForkServerLauncher:
-    """A launcher by name; `log` receives a fork server's own stderr."""
-    return ForkServerLauncher(log) if name == "fork-server" else SpawnLauncher()
+LAUNCHERS: dict[str, Callable[[Path | None], Launcher]] = {
+    "spawn": lambda log: SpawnLauncher(),
+    "fork-server": ForkServerLauncher,  # `log` receives the server's own stderr
+}
+
+
+def make_launcher(name: str, log: Path | None = None) -> Launcher:
+    """A launcher by name (a key of LAUNCHERS); ValueError naming the choices for any other."""
+    if name not in LAUNCHERS:
+        raise ValueError(f"unknown launcher {name!r}; valid: auto, {', '.join(LAUNCHERS)}")
+    return LAUNCHERS[name](log)
 
 
 def resolve_launcher(name: str, gpu_present: bool) -> str:

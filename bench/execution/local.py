@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bench import nvml
-from bench.envinfo import base_env
+from bench.env.facts import base_env
 from bench.execution.base import LocalOptions, RunContext
 from bench.execution.gpus import GpuSlot, GpuWatch, inherited_visible_devices, resolve_slots
 from bench.execution.launchers import make_launcher, resolve_launcher
 from bench.execution.scheduler import execute
 from bench.execution.supervise import CellJob, supervise_cell
-from bench.record import CellExit, Record, Status, build_record
-from bench.spec import RunSpec
+from bench.results.record import CellExit, Record, Status, build_record
+from bench.suite.spec import RunSpec
+from bench.trackers import nvml
 
 CUDA_CONTEXT_MIB = 600.0  # what a process's CUDA context takes besides torch's allocations (H100/H200: ~500-600)
 
@@ -24,7 +24,7 @@ class FitCheck:
     instead of started (`--no-fit-check` turns this off)."""
 
     def __init__(self, backend: Any, specs: list[RunSpec]):
-        from bench.estimate import ConfigCache, estimate_spec
+        from bench.plan.memory import ConfigCache, estimate_spec
 
         self.backend = backend
         configs = ConfigCache()  # each model's config fetched once for the whole suite
@@ -82,16 +82,16 @@ class LocalExecutor:
                 if refused is not None:
                     return refused
                 job = CellJob(
-                    spec,
-                    ctx.out.run(spec.run_id),
-                    launchers[slot],
-                    slot,
-                    backend,
-                    reason,
-                    opts.nvml_interval_s,
-                    env_parent,
-                    ctx.should_stop,
-                    opts.exit_grace_s,
+                    spec=spec,
+                    run_dir=ctx.out.run(spec.run_id),
+                    launcher=launchers[slot],
+                    slot=slot,
+                    backend=backend,
+                    nvml_reason=reason,
+                    nvml_interval_s=opts.nvml_interval_s,
+                    env_parent=env_parent,
+                    should_stop=ctx.should_stop,
+                    exit_grace_s=opts.exit_grace_s,
                     notes=watch.before_cell() if watch else [],
                     metrics={"suite_baseline_nvml_mib": watch.start_used_mib} if watch else {},
                 )

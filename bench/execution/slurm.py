@@ -20,9 +20,10 @@ from typing import Any
 
 from bench.execution.base import RunContext
 from bench.execution.slurm_queue import SubmissionError, final_state, partition_has_gpus, queue_states, scancel
-from bench.record import CellExit, Record, Status, build_record
-from bench.rundir import RunDir, write_json_atomic
-from bench.spec import RunSpec
+from bench.results.record import CellExit, Record, Status, build_record
+from bench.results.rundir import RunDir, write_json_atomic
+from bench.suite.executor import SlurmSettings
+from bench.suite.spec import RunSpec
 
 __all__ = ["SlurmExecutor", "SubmissionError", "run_cell_job"]
 
@@ -34,11 +35,11 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     the job exits without a result, so the runner records Slurm's own verdict (canceled / timeout)."""
     import signal
 
-    from bench import nvml
-    from bench.envinfo import base_env
+    from bench.env.facts import base_env
     from bench.execution.gpus import inherited_visible_devices, resolve_slots
     from bench.execution.launchers import SpawnLauncher
     from bench.execution.supervise import CellJob, supervise_cell
+    from bench.trackers import nvml
 
     spec = RunSpec.from_json(spec_json)
     backend, reason = nvml.open_backend()
@@ -49,8 +50,17 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     env["slurm_job_id"] = os.environ.get("SLURM_JOB_ID")
     ended_by_slurm = []
     signal.signal(signal.SIGTERM, lambda *_: ended_by_slurm.append(True))  # replaces submitit's "bypass"
-    job = CellJob(spec, RunDir(Path(run_dir)), SpawnLauncher(), slot, backend, reason, nvml_interval_s, env)
-    job.should_stop = lambda: bool(ended_by_slurm)
+    job = CellJob(
+        spec=spec,
+        run_dir=RunDir(Path(run_dir)),
+        launcher=SpawnLauncher(),
+        slot=slot,
+        backend=backend,
+        nvml_reason=reason,
+        nvml_interval_s=nvml_interval_s,
+        env_parent=env,
+        should_stop=lambda: bool(ended_by_slurm),
+    )
     record = supervise_cell(job)
     if ended_by_slurm:
         os._exit(143)  # no result: Slurm's state (CANCELLED, TIMEOUT) is the verdict
@@ -81,27 +91,27 @@ class JobsFile:
 
 
 class SlurmExecutor:
-    def __init__(self, kind: str, settings: dict[str, Any], nvml_interval_s: float):
+    def __init__(self, kind: str, settings: SlurmSettings, nvml_interval_s: float):
         self.name, self.settings, self.nvml_interval_s = kind, settings, nvml_interval_s
         self._gpu_partition: bool | None = None
 
     def gpus_for(self, spec: RunSpec) -> int:
         """GPUs to request: the suite's setting, else one for cells that need a GPU (auto: if the partition has)."""
-        if self.settings.get("gpus_per_job") is not None:
-            return int(self.settings["gpus_per_job"])
+        if self.settings.gpus_per_job is not None:
+            return self.settings.gpus_per_job
         if spec.device == "cpu":
             return 0
         if spec.device == "cuda":
             return 1
         if self._gpu_partition is None:
-            self._gpu_partition = partition_has_gpus(self.settings.get("partition"))
+            self._gpu_partition = partition_has_gpus(self.settings.partition)
         return 1 if self._gpu_partition else 0
 
     def time_min(self, spec: RunSpec) -> int:
         """The job's limit: the suite's time_min, else the cell's timeout plus a margin (minutes)."""
-        if self.settings.get("time_min"):
-            return int(self.settings["time_min"])
-        return int(spec.timeout_s // 60) + 1 + int(self.settings.get("time_margin_min", 5))
+        if self.settings.time_min:
+            return self.settings.time_min
+        return int(spec.timeout_s // 60) + 1 + self.settings.time_margin_min
 
     def _executor(self, folder: Path, spec: RunSpec) -> Any:
         import submitit
@@ -123,10 +133,10 @@ class SlurmExecutor:
             ("cpus_per_task", "cpus_per_task"),
             ("mem_gb", "mem_gb"),
         ):
-            if self.settings.get(key) is not None:
-                params[name] = self.settings[key]
-        if self.settings.get("sbatch"):
-            params["slurm_additional_parameters"] = sbatch_options(self.settings["sbatch"])
+            if getattr(self.settings, key) is not None:
+                params[name] = getattr(self.settings, key)
+        if self.settings.sbatch:
+            params["slurm_additional_parameters"] = sbatch_options(self.settings.sbatch)
         ex.update_parameters(**params)
         return ex
 
@@ -259,7 +269,7 @@ def sbatch_options(options: list[str]) -> dict[str, Any]:
     return out
 
 
-def submission_message(exc: Exception, settings: dict[str, Any]) -> str:
+def submission_message(exc: Exception, settings: SlurmSettings) -> str:
     text = " ".join(str(exc).split())
-    where = ", ".join(f"{k}={settings[k]}" for k in ("partition", "account", "qos") if settings.get(k))
+    where = ", ".join(f"{k}={getattr(settings, k)}" for k in ("partition", "account", "qos") if getattr(settings, k))
     return f"Slurm refused the job ({where or 'default partition'}): {text[-400:]}; nothing was left queued"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from bench.record import Status
+from bench.results.record import Status
 
 # final Slurm job states -> record status
 STATES = {

@@ -15,21 +15,22 @@ from typing import Any
 
 import psutil
 
-from bench import nvml
 from bench.cell import LAUNCH_ENV
+from bench.execution.base import EXIT_GRACE_S
 from bench.execution.gpus import GpuSlot
 from bench.execution.launchers import CellProcess, kill_processes, wait_for_exit
-from bench.phases import read_marks
-from bench.record import CellExit, Record, Status, build_record
-from bench.rss import RssSampler
-from bench.rss import attribute as attribute_rss
-from bench.rundir import RunDir
-from bench.spec import RunSpec
+from bench.results.cell_result import CellResult
+from bench.results.record import CellExit, Record, Status, build_record
+from bench.results.rundir import RunDir
+from bench.suite.spec import RunSpec
+from bench.trackers import Measured, Tracker, nvml
+from bench.trackers.phases import read_marks
+from bench.trackers.rss import RssTracker
 
 CELL_TOKEN_ENV = "PEFT_BENCH_CELL_TOKEN"  # inherited by everything a cell starts: how strays are found
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CellJob:
     spec: RunSpec
     run_dir: RunDir
@@ -40,7 +41,7 @@ class CellJob:
     nvml_interval_s: float = 0.01
     env_parent: dict[str, Any] = field(default_factory=dict)
     should_stop: Callable[[], bool] = lambda: False
-    exit_grace_s: float = 30.0  # how long a cell may take to exit after writing its result
+    exit_grace_s: float = EXIT_GRACE_S  # how long a cell may take to exit after writing its result
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)  # e.g. the GPU's memory at suite start
 
@@ -100,20 +101,18 @@ def supervise_cell(job: CellJob) -> Record:
     rd.spec.write_text(spec.to_json())
     token = f"{spec.run_id}:{attempt}:{uuid.uuid4().hex[:8]}"
     started_at, started_unix, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.time(), time.perf_counter()
-    sampler = nvml.Sampler(job.backend, job.slot.index if job.slot else 0, job.nvml_interval_s)
-    sampler.take_baseline()
-    rss = RssSampler()
+    trackers = make_trackers(job)
     proc = job.launcher.launch(rd, cell_env(spec, job.slot, token))
-    sampler.start(proc.pid)
-    rss.start(proc.pid)
+    for tracker in trackers:
+        tracker.start(proc.pid)
     watch = TreeWatch(proc.pid)
     exit, notes = wait_cell(proc, job, watch)
-    sampler.stop()
-    rss.stop()
+    for tracker in trackers:
+        tracker.stop()
     notes += cleanup(proc, watch, token, started_unix, job)
     ended_unix = time.time()
     child = rd.read_result()
-    parent = parent_view(job, sampler, rss, child, ended_unix)
+    parent = parent_view(job, trackers, child, ended_unix)
     parent.update(
         attempt=attempt,
         notes=[*job.notes, *notes, *parent.get("notes", [])],
@@ -176,24 +175,31 @@ def cleanup(proc: CellProcess, watch: TreeWatch, token: str, since: float, job: 
     return notes
 
 
-def parent_view(job: CellJob, sampler: nvml.Sampler, rss: RssSampler, child: dict | None, ended: float) -> dict:
-    """What the supervisor measured: NVML and RSS over the whole cell and per phase, headline training figures."""
-    phases = (child or {}).get("phases") or read_marks(job.run_dir.phases)
+def make_trackers(job: CellJob) -> list[Tracker]:
+    """What the supervisor measures from outside the cell: its GPU through NVML (nulls with the reason without
+    one) and its process tree's resident memory."""
+    index = job.slot.index if job.slot else 0
+    return [nvml.NvmlTracker(job.backend, index, job.nvml_interval_s, job.nvml_reason), RssTracker()]
+
+
+def parent_view(job: CellJob, trackers: list[Tracker], child: CellResult | None, ended: float) -> dict[str, Any]:
+    """What the supervisor measured, attributed to the phases the cell marked, plus its own view (env, notes)."""
+    phases = child.phases if child and child.phases else read_marks(job.run_dir.phases)
     for span in phases.values():  # a phase the cell never ended (it died) closes at the exit
         span.setdefault("end_unix", ended)
-    timed_tokens = ((child or {}).get("metrics") or {}).get("timed_tokens")
-    metrics, missing, per_phase = nvml.attribute(sampler, phases, timed_tokens, job.nvml_reason)
-    rss_metrics, rss_missing, rss_phase = attribute_rss(rss, phases)
-    metrics.update(rss_metrics)
-    missing.update(rss_missing)
-    for name, figs in rss_phase.items():
-        per_phase.setdefault(name, {}).update(figs)
-    metrics.update(job.metrics)
+    timed_tokens = child.metrics.get("timed_tokens") if child else None
+    measured = Measured()
+    for tracker in trackers:
+        measured.merge(tracker.attribute(phases, timed_tokens))
+    measured.metrics.update(job.metrics)
     env = dict(job.env_parent)
     if job.slot is not None:
         env.update(nvml_gpu_name=job.slot.name, nvml_gpu_uuid=job.slot.uuid)
-    notes = []
-    if sampler.timeline.errors:
-        notes.append(f"{sampler.timeline.errors} NVML samples failed (last: {sampler.timeline.last_error})")
-    phase_figs = {k: {**v, **per_phase.get(k, {})} for k, v in phases.items()}
-    return {"metrics": metrics, "missing_reason": missing, "phases": phase_figs, "env": env, "notes": notes}
+    phase_figs = {k: {**v, **measured.per_phase.get(k, {})} for k, v in phases.items()}
+    return {
+        "metrics": measured.metrics,
+        "missing_reason": measured.missing,
+        "phases": phase_figs,
+        "env": env,
+        "notes": measured.notes,
+    }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.errors import Unsupported
-from bench.methods.base import Method, MethodConfig, MethodContext, unfreeze_head
+from bench.methods.base import Method, MethodConfig, unfreeze_head
 
 # Output projections of attention and MLP blocks across common architectures.
 DEFAULT_TARGETS = (
@@ -55,8 +55,10 @@ class BottleneckAdapter(Method):
     name = "adapter"
     config_cls = AdapterOptions
 
-    def apply(self, model: Any, config: AdapterOptions, ctx: MethodContext) -> Any:
+    def apply(self, model: Any) -> Any:
         import torch
+
+        config = self.config
 
         acts = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "swish": torch.nn.SiLU}
 
@@ -97,6 +99,6 @@ class BottleneckAdapter(Method):
             device = next(base.parameters()).device
             wrapped.adapter.to(device)
             setattr(parent, child, wrapped)
-        if ctx.model_kind == "seq_cls":
+        if self.ctx.model_kind == "seq_cls":
             unfreeze_head(model)
         return model

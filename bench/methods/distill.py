@@ -16,6 +16,9 @@ from typing import Any
 
 from bench.errors import Unsupported
 from bench.methods.base import Method, MethodConfig, MethodContext
+from bench.models.params import count_params
+from bench.options import parse_options
+from bench.results.metrics import MetricSpec
 
 
 @dataclass
@@ -68,20 +71,41 @@ class Distill(Method):
     config_cls = DistillOptions
     trains_base = True
     quantized_base_ok = False
+    metric_specs = (
+        MetricSpec("teacher_params", "parameters of the frozen teacher (0 without one)", label="teacher params",
+                   fmt="int", group="distill"),
+        MetricSpec("teacher_memory_mib", "bytes of the teacher's weights and buffers on the device", "MiB",
+                   label="teacher MiB", group="distill"),
+        MetricSpec("teacher_forward_s", "time of the teacher's forwards over all training steps (device-synced)",
+                   "s", label="teacher forward s", group="distill"),
+        MetricSpec("teacher_forward_share", "teacher_forward_s / the training steps' time",
+                   label="teacher share of training", group="distill"),
+        MetricSpec("student_layers", "blocks kept in the student (student_layers)", label="student layers",
+                   fmt="int", group="distill"),
+    )  # fmt: skip
 
-    def apply(self, model: Any, config: DistillOptions, ctx: MethodContext) -> Any:
-        self.config, self.teacher, self.teacher_s = config, None, 0.0
+    def __init__(self, config: DistillOptions, ctx: MethodContext):
+        super().__init__(config, ctx)
+        self.teacher: Any = None
+        self.teacher_s = 0.0
+        self.kept: list[int] | None = None
+        cls = ctx.load_method(config.student_method)
+        inner_cfg, problems = parse_options(cls.config_cls, config.student_method_options, "student_method")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.inner = cls(inner_cfg, ctx)
+
+    def apply(self, model: Any) -> Any:
+        config = self.config
         self.kept = keep_layers(model, config.student_layers) if config.student_layers else None
         if config.alpha > 0:
-            self.teacher = ctx.load_frozen_model(config.teacher, config.teacher_options)
-        self.inner, inner_cfg = student_method(config, ctx)
-        return self.inner.apply(model, inner_cfg, ctx)
+            self.teacher = self.ctx.load_frozen_model(config.teacher, config.teacher_options)
+        return self.inner.apply(model)
 
-    def load(self, base_model: Any, config: DistillOptions, ctx: MethodContext, ckpt_dir: Path) -> Any:
-        if config.student_layers:
-            keep_layers(base_model, config.student_layers)
-        inner, inner_cfg = student_method(config, ctx)
-        return inner.load(base_model, inner_cfg, ctx, ckpt_dir)
+    def load(self, base_model: Any, ckpt_dir: Path) -> Any:
+        if self.config.student_layers:
+            keep_layers(base_model, self.config.student_layers)
+        return self.inner.load(base_model, ckpt_dir)
 
     def loss(self, model: Any, task: Any, step: Any) -> Any:
         hard, logits = task.loss_and_logits(model, step.batch, step.total_targets)
@@ -89,13 +113,14 @@ class Distill(Method):
             return hard
         import torch
 
+        sync = torch.cuda.synchronize if logits.is_cuda else (lambda: None)
+        sync()  # the student's queued forward is not the teacher's time
         t0 = time.perf_counter()
         with torch.no_grad():
             teacher = self.teacher(
                 input_ids=step.batch["input_ids"], attention_mask=step.batch.get("attention_mask")
             ).logits
-        if logits.is_cuda:
-            torch.cuda.synchronize()  # only when distilling: its teacher share needs a clock around the forward
+        sync()
         self.teacher_s += time.perf_counter() - t0
         soft = soft_loss(logits, teacher, step.batch, self.config.temperature, task.model_kind) / max(
             step.total_targets, 1
@@ -109,30 +134,15 @@ class Distill(Method):
         return self.inner.save(model, out_dir)
 
     def metrics(self, train_time_s: float) -> dict[str, Any]:
-        from bench.cell.measure import count_params
-
         teacher = self.teacher
+        tensors = [*teacher.parameters(), *teacher.buffers()] if teacher is not None else []
         return {
             "teacher_params": count_params(teacher)[1] if teacher is not None else 0,
-            "teacher_memory_mib": sum(t.numel() * t.element_size() for t in [*teacher.parameters(), *teacher.buffers()])
-            / 2**20
-            if teacher is not None
-            else 0.0,
+            "teacher_memory_mib": sum(t.numel() * t.element_size() for t in tensors) / 2**20,
             "teacher_forward_s": self.teacher_s,
             "teacher_forward_share": self.teacher_s / train_time_s if train_time_s else None,
             "student_layers": len(self.kept) if self.kept else None,
         }
-
-
-def student_method(config: DistillOptions, ctx: MethodContext) -> tuple[Any, Any]:
-    """The method that trains the student, and its parsed options."""
-    from bench.options import parse_options
-
-    cls = ctx.load_method(config.student_method)
-    cfg, problems = parse_options(cls.config_cls, config.student_method_options, "student_method")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return cls(), cfg
 
 
 def soft_loss(student: Any, teacher: Any, batch: dict[str, Any], temperature: float, kind: str) -> Any:

@@ -17,9 +17,7 @@ class FullFineTune(Method):
     quantized_base_ok = False
     trains_base = True
 
-    def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
-        self.ship_dtype = SHIP_DTYPE.get(ctx.precision, "float32")
-        self.tokenizer = ctx.tokenizer  # shipped with the model, so the checkpoint is a complete model source
+    def apply(self, model: Any) -> Any:
         for p in model.parameters():
             p.requires_grad = True
         return model
@@ -27,16 +25,22 @@ class FullFineTune(Method):
     def save(self, model: Any, out_dir: Path) -> dict[str, Any]:
         """The whole model in the dtype a user would ship (bf16 after a bf16 run; the fp32 master weights are a
         training detail), through save_pretrained."""
-        import torch
+        return save_full_model(model, out_dir, self.ctx)
 
-        dtype = getattr(torch, getattr(self, "ship_dtype", "float32"))
-        state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
-        model.save_pretrained(out_dir, state_dict=state)
-        tokenizer = getattr(self, "tokenizer", None)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out_dir)
-        saved = "full model" + (" and tokenizer" if tokenizer is not None else "")
-        return {"saved": saved, "dtype": str(dtype).replace("torch.", "")}
-
-    def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
+    def load(self, base_model: Any, ckpt_dir: Path) -> Any:
         return type(base_model).from_pretrained(ckpt_dir, dtype=base_model.dtype)
+
+
+def save_full_model(model: Any, out_dir: Path, ctx: MethodContext) -> dict[str, Any]:
+    """save_pretrained of the whole model in the dtype a user ships after this precision, with the tokenizer (so the
+    checkpoint is a complete model source)."""
+    import torch
+
+    dtype = getattr(torch, SHIP_DTYPE.get(ctx.precision, "float32"))
+    state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+    model.save_pretrained(out_dir, state_dict=state)
+    tokenizer = ctx.tokenizer
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    saved = "full model" + (" and tokenizer" if tokenizer is not None else "")
+    return {"saved": saved, "dtype": str(dtype).replace("torch.", "")}

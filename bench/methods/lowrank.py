@@ -7,18 +7,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.methods.base import Method, MethodConfig, MethodContext, unfreeze_head
+from bench.methods.base import Method, MethodConfig, unfreeze_head
 from bench.methods.structure import block_linears
+from bench.results.metrics import MetricSpec
 
 
 @dataclass
 class LowRankOptions(MethodConfig):
-    r: int | None = 8
+    r: int | None = None  # rank kept per layer (8 when neither r nor energy is given)
     energy: float | None = None  # instead of r: the smallest rank keeping this share of sum(S^2) per layer
 
     def __post_init__(self):
-        if (self.r is None) == (self.energy is None):
-            raise ValueError("give exactly one of r and energy")
+        if self.r is not None and self.energy is not None:
+            raise ValueError("give one of r and energy, not both")
+        if self.r is None and self.energy is None:
+            self.r = 8
         if self.r is not None and self.r < 1:
             raise ValueError(f"r must be >= 1, got {self.r}")
         if self.energy is not None and not 0 < self.energy <= 1:
@@ -55,8 +58,16 @@ class LowRank(Method):
     config_cls = LowRankOptions
     trains_base = True
     quantized_base_ok = False
+    metric_specs = (
+        MetricSpec("lowrank_compression", "factor parameters / original parameters of the factorized layers",
+                   label="compression", group="lowrank"),
+        MetricSpec("lowrank_rank_mean", "mean rank kept per factorized layer", label="mean rank", group="lowrank"),
+        MetricSpec("score_factorized", "the task's score right after factorization, before fine-tuning",
+                   label="score factorized", group="lowrank"),
+    )  # fmt: skip
 
-    def apply(self, model: Any, config: LowRankOptions, ctx: MethodContext) -> Any:
+    def apply(self, model: Any) -> Any:
+        config, ctx = self.config, self.ctx
         targets = block_linears(model)
         before = sum(m.weight.numel() for _, m in targets)
         for p in model.parameters():

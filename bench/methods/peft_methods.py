@@ -3,6 +3,7 @@ quantized-base LoRA recipes (QLoRA, LLM.int8 + LoRA)."""
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,21 +20,22 @@ class PeftMethod(Method):
 
     requires = ("peft",)
 
-    def peft_config(self, config: Any, ctx: MethodContext) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def peft_config(self) -> Any:
+        """The peft config of this method with this cell's options."""
 
-    def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
+    def apply(self, model: Any) -> Any:
         import peft
 
-        if ctx.quantized:  # checkpointing is the grad_ckpt axis, enabled by the harness after apply
+        if self.ctx.quantized:  # checkpointing is the grad_ckpt axis, enabled by the harness after apply
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return peft.get_peft_model(model, self.peft_config(config, ctx))
+        return peft.get_peft_model(model, self.peft_config())
 
     def save(self, model: Any, out_dir: Path) -> dict[str, Any]:
         model.save_pretrained(out_dir)
         return {"saved": "adapter weights (peft save_pretrained)"}
 
-    def load(self, base_model: Any, config: Any, ctx: MethodContext, ckpt_dir: Path) -> Any:
+    def load(self, base_model: Any, ckpt_dir: Path) -> Any:
         import peft
 
         return peft.PeftModel.from_pretrained(base_model, ckpt_dir)
@@ -58,9 +60,10 @@ class LoRA(PeftMethod):
     config_cls = LoraOptions
     extra: dict[str, Any] = {}
 
-    def peft_config(self, config: LoraOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
 
+        config, ctx = self.config, self.ctx
         return peft.LoraConfig(
             task_type=_task_type(ctx),
             r=config.r,
@@ -128,9 +131,10 @@ class AdaLoRA(PeftMethod):
     name = "adalora"
     config_cls = AdaLoraOptions
 
-    def peft_config(self, config: AdaLoraOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
 
+        config, ctx = self.config, self.ctx
         tinit = int(ctx.steps * config.tinit_fraction)
         tfinal = int(ctx.steps * config.tfinal_fraction)
         return peft.AdaLoraConfig(
@@ -145,15 +149,13 @@ class AdaLoRA(PeftMethod):
             orth_reg_weight=0.0,  # peft would add it to every micro-batch's loss; `loss` adds it once per step
         )
 
-    def apply(self, model: Any, config: AdaLoraOptions, ctx: MethodContext) -> Any:
-        self.orth_reg_weight = config.orth_reg_weight
-        return super().apply(model, config, ctx)
-
     def loss(self, model: Any, task: Any, step: Any) -> Any:
         base = task.loss(model, step.batch, step.total_targets)
-        if not self.orth_reg_weight:
+        if not self.config.orth_reg_weight:
             return base
-        return base + self.orth_reg_weight * orthogonality_penalty(model) * (step.targets / max(step.total_targets, 1))
+        return base + self.config.orth_reg_weight * orthogonality_penalty(model) * (
+            step.targets / max(step.total_targets, 1)
+        )
 
     def after_optimizer_step(self, model: Any, step: int) -> None:
         model.base_model.update_and_allocate(step)
@@ -172,9 +174,10 @@ class LoHa(PeftMethod):
     name = "loha"
     config_cls = LycorisOptions
 
-    def peft_config(self, config: LycorisOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
 
+        config, ctx = self.config, self.ctx
         return peft.LoHaConfig(
             task_type=_task_type(ctx), r=config.r, alpha=config.alpha, target_modules=config.target_modules
         )
@@ -186,9 +189,10 @@ class LoKr(PeftMethod):
     name = "lokr"
     config_cls = LycorisOptions
 
-    def peft_config(self, config: LycorisOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
 
+        config, ctx = self.config, self.ctx
         return peft.LoKrConfig(
             task_type=_task_type(ctx), r=config.r, alpha=config.alpha, target_modules=config.target_modules
         )
@@ -207,9 +211,10 @@ class VeRA(PeftMethod):
     name = "vera"
     config_cls = VeraOptions
 
-    def peft_config(self, config: VeraOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
 
+        config, ctx = self.config, self.ctx
         return peft.VeraConfig(
             task_type=_task_type(ctx), r=config.r, d_initial=config.d_initial, target_modules=config.target_modules
         )
@@ -227,9 +232,10 @@ class OFT(PeftMethod):
     name = "oft"
     config_cls = OftOptions
 
-    def peft_config(self, config: OftOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
 
+        config, ctx = self.config, self.ctx
         return peft.OFTConfig(
             task_type=_task_type(ctx), r=0, oft_block_size=config.block_size, target_modules=config.target_modules
         )
@@ -248,9 +254,10 @@ class BOFT(PeftMethod):
     name = "boft"
     config_cls = BoftOptions
 
-    def peft_config(self, config: BoftOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
 
+        config, ctx = self.config, self.ctx
         return peft.BOFTConfig(
             task_type=_task_type(ctx),
             boft_block_size=config.block_size,
@@ -271,8 +278,10 @@ class IA3(PeftMethod):
     name = "ia3"
     config_cls = IA3Options
 
-    def peft_config(self, config: IA3Options, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
+
+        config, ctx = self.config, self.ctx
 
         return peft.IA3Config(
             task_type=_task_type(ctx),

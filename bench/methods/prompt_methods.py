@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.errors import Unsupported
-from bench.methods.base import MethodConfig, MethodContext
+from bench.methods.base import MethodConfig
 from bench.methods.peft_methods import PeftMethod, _task_type
 
 
@@ -33,8 +33,10 @@ class PromptTuning(PeftMethod):
     config_cls = PromptOptions
     prepends_tokens = True
 
-    def peft_config(self, config: PromptOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
+
+        config, ctx = self.config, self.ctx
 
         kwargs: dict[str, Any] = {}
         if config.init == "text":
@@ -65,17 +67,19 @@ class PrefixTuning(PeftMethod):
     name = "prefix"
     config_cls = PrefixOptions
 
-    def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
+    def apply(self, model: Any) -> Any:
         # peft's sequence-classification wrapper feeds the prefix as past_key_values (same check as peft's forward)
         backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-        if ctx.model_kind == "seq_cls" and not any(
+        if self.ctx.model_kind == "seq_cls" and not any(
             m is not None and "past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)
         ):
             raise Unsupported(f"prefix tuning injects past key values; {type(model).__name__} does not accept them")
-        return super().apply(model, config, ctx)
+        return super().apply(model)
 
-    def peft_config(self, config: PrefixOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
+
+        config, ctx = self.config, self.ctx
 
         return peft.PrefixTuningConfig(
             task_type=_task_type(ctx),
@@ -102,8 +106,10 @@ class PTuning(PeftMethod):
     config_cls = PTuningOptions
     prepends_tokens = True
 
-    def peft_config(self, config: PTuningOptions, ctx: MethodContext) -> Any:
+    def peft_config(self) -> Any:
         import peft
+
+        config, ctx = self.config, self.ctx
 
         return peft.PromptEncoderConfig(
             task_type=_task_type(ctx),

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.methods.base import Method, MethodConfig, MethodContext
+from bench.methods.full import save_full_model
 from bench.methods.structure import block_linears, prune_heads, prune_mlp_channels
+from bench.results.metrics import MetricSpec
 
 
 @dataclass
@@ -62,15 +64,40 @@ class Prune(Method):
     config_cls = PruneOptions
     trains_base = True
     quantized_base_ok = False
+    metric_specs = (
+        MetricSpec("prune_sparsity", "achieved share of zero (or removed) weights in the pruned layers",
+                   label="sparsity", group="prune"),
+        MetricSpec("nonzero_params", "parameters that are not zero after pruning and fine-tuning",
+                   label="non-zero params", fmt="int", group="prune"),
+        MetricSpec("model_dense_bytes", "bytes of the pruned model's weights stored dense", "B",
+                   label="dense bytes", fmt="bytes", group="prune"),
+        MetricSpec("model_sparse_bytes", "bytes of the same stored sparse (non-zero values + a 1-bit mask, where "
+                   "smaller)", "B", label="sparse bytes", fmt="bytes", group="prune"),
+        MetricSpec("score_unpruned", "the task's score before pruning", label="score unpruned", group="prune"),
+        MetricSpec("score_pruned", "the task's score right after pruning, before fine-tuning",
+                   label="score pruned", group="prune"),
+    )  # fmt: skip
 
-    def apply(self, model: Any, config: PruneOptions, ctx: MethodContext) -> Any:
-        self.config, self.masks, self.precision = config, {}, ctx.precision
-        self.score_unpruned = ctx.evaluate(model)
-        self._prune(model, config)
-        self.score_pruned = ctx.evaluate(model)
-        self.model = model
+    def __init__(self, config: PruneOptions, ctx: MethodContext):
+        super().__init__(config, ctx)
+        self.masks: dict[str, Any] = {}
+        self.achieved: float | None = None
+        self.score_unpruned: float | None = None
+        self.score_pruned: float | None = None
+        self.model: Any = None
+        self.inner: Method | None = None
         if config.then == "lora":
-            return self._lora(model, config, ctx)
+            from bench.methods.peft_methods import LoraOptions
+
+            self.inner = ctx.method("lora", LoraOptions(r=config.lora_r, alpha=config.lora_alpha))
+
+    def apply(self, model: Any) -> Any:
+        self.score_unpruned = self.ctx.evaluate(model)
+        self._prune(model)
+        self.score_pruned = self.ctx.evaluate(model)
+        self.model = model
+        if self.inner is not None:
+            return self.inner.apply(model)
         for name, p in model.named_parameters():
             p.requires_grad = True
             mask = self.masks.get(name.rsplit(".", 1)[0]) if name.endswith(".weight") else None
@@ -78,15 +105,14 @@ class Prune(Method):
                 p.register_hook(lambda g, m=mask: g * m)  # pruned weights get no gradient: AdamW leaves them 0
         return model
 
-    def load(self, base_model: Any, config: PruneOptions, ctx: MethodContext, ckpt_dir: Any) -> Any:
-        from bench.methods.full import FullFineTune
+    def load(self, base_model: Any, ckpt_dir: Any) -> Any:
+        if self.inner is None:  # the checkpoint is the whole pruned model
+            return type(base_model).from_pretrained(ckpt_dir, dtype=base_model.dtype)
+        self._prune(base_model)  # deterministic: the same base prunes the same way
+        return self.inner.load(base_model, ckpt_dir)
 
-        if config.then == "full":  # the checkpoint is the whole pruned model
-            return FullFineTune().load(base_model, config, ctx, ckpt_dir)
-        self._prune(base_model, config)  # deterministic: the same base prunes the same way
-        return ctx.load_method("lora")().load(base_model, None, ctx, ckpt_dir)
-
-    def _prune(self, model: Any, config: PruneOptions) -> None:
+    def _prune(self, model: Any) -> None:
+        config = self.config
         self.masks = {}
         if config.structure == "magnitude":
             before = sum(m.weight.numel() for _, m in block_linears(model))
@@ -98,20 +124,10 @@ class Prune(Method):
             before, after = prune_heads(model, config.sparsity)
         self.achieved = 1 - after / before  # over the pruned layers: all block linears, the MLPs, the attention
 
-    def _lora(self, model: Any, config: PruneOptions, ctx: MethodContext) -> Any:
-        from bench.methods.peft_methods import LoraOptions
-
-        self.inner = ctx.load_method("lora")()
-        return self.inner.apply(model, LoraOptions(r=config.lora_r, alpha=config.lora_alpha), ctx)
-
     def save(self, model: Any, out_dir: Any) -> dict[str, Any] | None:
-        if self.config.then == "lora":
+        if self.inner is not None:
             return self.inner.save(model, out_dir)
-        from bench.methods.full import SHIP_DTYPE, FullFineTune
-
-        saver = FullFineTune()
-        saver.ship_dtype = SHIP_DTYPE.get(self.precision, "float32")
-        return saver.save(model, out_dir)
+        return save_full_model(model, out_dir, self.ctx)
 
     def metrics(self, train_time_s: float) -> dict[str, Any]:
         params = list(self.model.parameters())

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bench.errors import Unsupported
-from bench.methods.base import Method, MethodConfig, MethodContext, unfreeze_head
+from bench.methods.base import Method, MethodConfig, unfreeze_head
 
 
 class BitFit(Method):
@@ -16,7 +16,7 @@ class BitFit(Method):
     name = "bitfit"
     trains_base = True  # biases live in the base's own modules, which keep fp32 (see precision.cast_frozen)
 
-    def apply(self, model: Any, config: Any, ctx: MethodContext) -> Any:
+    def apply(self, model: Any) -> Any:
         biases = [p for n, p in model.named_parameters() if n.endswith(".bias")]
         if not biases:
             raise Unsupported(f"{type(model).__name__} has no bias terms: BitFit has nothing to train")
@@ -24,7 +24,7 @@ class BitFit(Method):
             p.requires_grad = False
         for p in biases:
             p.requires_grad = True
-        if ctx.model_kind == "seq_cls":
+        if self.ctx.model_kind == "seq_cls":
             unfreeze_head(model)
         return model
 
@@ -64,7 +64,8 @@ class Freeze(Method):
     quantized_base_ok = False
     trains_base = True
 
-    def apply(self, model: Any, config: FreezeOptions, ctx: MethodContext) -> Any:
+    def apply(self, model: Any) -> Any:
+        config = self.config
         for p in model.parameters():
             p.requires_grad = False
         if config.mode == "last_k":
@@ -83,7 +84,7 @@ class Freeze(Method):
             for name, p in model.named_parameters():
                 if any(r.search(name) for r in regexes):
                     p.requires_grad = True
-        if ctx.model_kind == "seq_cls":
+        if self.ctx.model_kind == "seq_cls":
             unfreeze_head(model)
         if not any(p.requires_grad for p in model.parameters()):
             raise Unsupported(f"freeze mode {config.mode!r} selected no parameters on {type(model).__name__}")

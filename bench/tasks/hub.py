@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bench.tasks.base import IGNORE, Task, TaskConfig, batched, classification_eval, lm_loss_eval, pack
+from bench.tasks.base import IGNORE, TaskConfig
+from bench.tasks.batching import ExampleTask, batched, classification_eval, lm_loss_eval, pack
 
 
 class HubUnavailable(RuntimeError):
@@ -33,7 +34,7 @@ class HubOptions(TaskConfig):
     n_eval: int = 500
 
 
-class SST2(Task):
+class SST2(ExampleTask):
     """GLUE SST-2 sentence sentiment (binary), accuracy and macro-F1 on the validation split."""
 
     name = "sst2"
@@ -43,7 +44,8 @@ class SST2(Task):
     needs_tokenizer = True
     requires = ("datasets",)
 
-    def load(self, tokenizer: Any, model_config: Any) -> None:
+    def load(self) -> None:
+        tokenizer = self.ctx.tokenizer
         train = load_hub_dataset(self.name, "glue", "sst2", "train").shuffle(seed=self.seed)
         val = load_hub_dataset(self.name, "glue", "sst2", "validation")
 
@@ -72,7 +74,7 @@ class GSMOptions(TaskConfig):
     packing: bool = False  # concatenate examples and cut to seq_len (no padding, one shape), as TRL/torchtune do
 
 
-class GSM8KSFT(Task):
+class GSM8KSFT(ExampleTask):
     """SFT on a MetaMathQA subset; GSM8K test exact match of the final number under greedy decoding."""
 
     name = "gsm8k-sft"
@@ -82,8 +84,8 @@ class GSM8KSFT(Task):
     needs_tokenizer = True
     requires = ("datasets",)
 
-    def load(self, tokenizer: Any, model_config: Any) -> None:
-        self.tokenizer = tokenizer
+    def load(self) -> None:
+        tokenizer = self.ctx.tokenizer
         train = load_hub_dataset(self.name, "meta-math/MetaMathQA", None, "train").shuffle(seed=self.seed)
         test = load_hub_dataset(self.name, "openai/gsm8k", "main", "test")
         self.train = []
@@ -102,9 +104,9 @@ class GSM8KSFT(Task):
     def evaluate(self, model, device, batch_size, autocast) -> dict[str, float]:
         import torch
 
-        from bench.metrics import exact_match
+        from bench.scoring import exact_match
 
-        tok = self.tokenizer
+        tok = self.ctx.tokenizer
         tok.padding_side = "left"
         preds = []
         with torch.no_grad(), autocast():
@@ -127,7 +129,7 @@ class PerplexityOptions(TaskConfig):
     config: str = "wikitext-2-raw-v1"
 
 
-class Perplexity(Task):
+class Perplexity(ExampleTask):
     """Causal-LM training on a text corpus packed into seq_len pieces; score = held-out perplexity (lower: better)."""
 
     name = "perplexity"
@@ -139,7 +141,9 @@ class Perplexity(Task):
     needs_tokenizer = True
     requires = ("datasets",)
 
-    def load(self, tokenizer: Any, model_config: Any) -> None:
+    def load(self) -> None:
+        tokenizer = self.ctx.tokenizer
+
         def chunks(split: str, n: int) -> list[dict[str, Any]]:
             ds = load_hub_dataset(self.name, self.config.dataset, self.config.config, split)
             text = "\n".join(t for t in ds["text"] if t.strip())

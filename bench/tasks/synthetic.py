@@ -10,7 +10,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from bench.tasks.base import IGNORE, Task, TaskConfig, batched, classification_eval, lm_loss_eval
+from bench.tasks.base import IGNORE, TaskConfig
+from bench.tasks.batching import ExampleTask, batched, classification_eval, lm_loss_eval
 
 FIRST_SYMBOL = 4  # ids 0..3: pad, bos, eos, separator
 
@@ -25,7 +26,7 @@ class SizeOptions(TaskConfig):
             raise ValueError("n_train and n_eval must be >= 1")
 
 
-class ToyClassification(Task):
+class ToyClassification(ExampleTask):
     """Label 1 when most tokens come from the lower half of the vocabulary; variable lengths."""
 
     name = "toy-cls"
@@ -34,7 +35,8 @@ class ToyClassification(Task):
     num_labels = 2
     synthetic = True
 
-    def load(self, tokenizer: Any, model_config: Any) -> None:
+    def load(self) -> None:
+        model_config = self.ctx.model_config
         rng = random.Random(self.seed)
         vocab = model_config.vocab_size
         half = (vocab + FIRST_SYMBOL) // 2
@@ -61,7 +63,7 @@ class RandomLMOptions(SizeOptions):
     variable_length: bool = False  # lengths drawn in [seq_len/2, seq_len] and padded per batch (costs padding)
 
 
-class RandomLM(Task):
+class RandomLM(ExampleTask):
     """Next-token prediction on random tokens: fixed `seq_len` sequences by default (a cost task: one shape, no
     padding, no attention mask), random lengths with `variable_length: true`; score = held-out LM loss."""
 
@@ -73,7 +75,8 @@ class RandomLM(Task):
     score_range = "nats/token"
     synthetic = True
 
-    def load(self, tokenizer: Any, model_config: Any) -> None:
+    def load(self) -> None:
+        model_config = self.ctx.model_config
         rng = random.Random(self.seed)
         vocab = model_config.vocab_size
 
@@ -102,7 +105,7 @@ class ReverseOptions(TaskConfig):
             raise ValueError("length must be >= 1 and alphabet >= 2")
 
 
-class Reverse(Task):
+class Reverse(ExampleTask):
     """`BOS s1..sk SEP` -> `sk..s1`: a learnable generation task scored by greedy exact match."""
 
     name = "reverse"
@@ -111,7 +114,8 @@ class Reverse(Task):
     metric = "exact_match"
     synthetic = True
 
-    def load(self, tokenizer: Any, model_config: Any) -> None:
+    def load(self) -> None:
+        model_config = self.ctx.model_config
         cfg = self.config
         if FIRST_SYMBOL + cfg.alphabet > model_config.vocab_size:
             raise ValueError(f"alphabet {cfg.alphabet} does not fit vocabulary {model_config.vocab_size}")
@@ -140,7 +144,7 @@ class Reverse(Task):
     def evaluate(self, model, device, batch_size, autocast) -> dict[str, float]:
         import torch
 
-        from bench.metrics import exact_match
+        from bench.scoring import exact_match
 
         preds, refs = [], []
         with torch.no_grad(), autocast():

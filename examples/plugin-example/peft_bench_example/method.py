@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from bench.methods.base import Method, MethodConfig, MethodContext
+from bench.methods.base import Method, MethodConfig
 
 
 @dataclass
@@ -17,10 +17,11 @@ class HeadOnly(Method):
     config_cls = HeadOnlyOptions
     quantized_base_ok = True
 
-    def apply(self, model, config: HeadOnlyOptions, ctx: MethodContext):
+    def apply(self, model):
+        config: HeadOnlyOptions = self.config
         for p in model.parameters():
             p.requires_grad = False
-        head = model.get_output_embeddings() if ctx.model_kind == "causal_lm" else None
+        head = model.get_output_embeddings() if self.ctx.model_kind == "causal_lm" else None
         if head is None:
             head = next(model.get_submodule(n) for n in ("classifier", "score") if hasattr(model, n))
         for name, p in head.named_parameters():

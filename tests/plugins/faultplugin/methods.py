@@ -20,7 +20,7 @@ class SlowOptions(MethodConfig):
 class FaultOom(FullFineTune):
     name = "fault-oom"
 
-    def apply(self, model, config, ctx):
+    def apply(self, model):
         import torch
 
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
@@ -32,10 +32,10 @@ class FaultSleep(FullFineTune):
     name = "fault-sleep"
     config_cls = SlowOptions
 
-    def apply(self, model, config, ctx):
+    def apply(self, model):
         proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-        if config.marker:
-            Path(config.marker).write_text(str(proc.pid))
+        if self.config.marker:
+            Path(self.config.marker).write_text(str(proc.pid))
         while True:
             time.sleep(1)
 
@@ -51,15 +51,14 @@ class FaultSlow(FullFineTune):
             Path(self.config.marker).write_text(str(os.getpid()))
         time.sleep(self.config.step_sleep_s)
 
-    def apply(self, model, config, ctx):
-        self.config = config
-        return super().apply(model, config, ctx)
+    def apply(self, model):
+        return super().apply(model)
 
 
 class FaultCrash(FullFineTune):
     name = "fault-crash"
 
-    def apply(self, model, config, ctx):
+    def apply(self, model):
         sys.stderr.write("about to crash hard\n")
         sys.stderr.flush()
         os._exit(7)
@@ -70,12 +69,12 @@ class FaultPatch(FullFineTune):
 
     name = "fault-patch"
 
-    def apply(self, model, config, ctx):
-        import bench.metrics
+    def apply(self, model):
+        import bench.scoring
 
-        bench.metrics.accuracy = lambda preds, refs: -1.0
-        bench.metrics.LEAKED = True
-        return super().apply(model, config, ctx)
+        bench.scoring.accuracy = lambda preds, refs: -1.0
+        bench.scoring.LEAKED = True
+        return super().apply(model)
 
 
 class FaultCheck(FullFineTune):
@@ -83,12 +82,12 @@ class FaultCheck(FullFineTune):
 
     name = "fault-check"
 
-    def apply(self, model, config, ctx):
-        import bench.metrics
+    def apply(self, model):
+        import bench.scoring
 
-        if getattr(bench.metrics, "LEAKED", False) or bench.metrics.accuracy.__name__ != "accuracy":
+        if getattr(bench.metrics, "LEAKED", False) or bench.scoring.accuracy.__name__ != "accuracy":
             raise RuntimeError("state leaked from an earlier cell")
-        return super().apply(model, config, ctx)
+        return super().apply(model)
 
 
 class FaultStray(FullFineTune):
@@ -97,7 +96,7 @@ class FaultStray(FullFineTune):
     name = "fault-stray"
     config_cls = SlowOptions
 
-    def apply(self, model, config, ctx):
+    def apply(self, model):
         code = (
             "import os, sys, time\n"
             "if os.fork(): sys.exit(0)\n"
@@ -106,10 +105,10 @@ class FaultStray(FullFineTune):
             "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
             "time.sleep(3600)\n"
         )
-        subprocess.run([sys.executable, "-c", code, config.marker], check=True)
-        while not Path(config.marker).exists():
+        subprocess.run([sys.executable, "-c", code, self.config.marker], check=True)
+        while not Path(self.config.marker).exists():
             time.sleep(0.01)
-        return super().apply(model, config, ctx)
+        return super().apply(model)
 
 
 class FaultLinger(FullFineTune):
@@ -117,8 +116,8 @@ class FaultLinger(FullFineTune):
 
     name = "fault-linger"
 
-    def apply(self, model, config, ctx):
-        from bench.rundir import RunDir
+    def apply(self, model):
+        from bench.results.rundir import RunDir
 
         original = RunDir.write_result
 
@@ -127,7 +126,7 @@ class FaultLinger(FullFineTune):
             time.sleep(3600)
 
         RunDir.write_result = write_then_hang
-        return super().apply(model, config, ctx)
+        return super().apply(model)
 
 
 class FaultBadsave(FullFineTune):

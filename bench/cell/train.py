@@ -1,0 +1,178 @@
+"""The timed training loop: the plain loop a user would write (torch autocast, AdamW, fused on CUDA, the model's
+own causal-LM loss), token-weighted gradient accumulation, warm-up steps excluded from timing, and a device
+synchronize before every clock read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.models.precision import PrecisionPolicy
+from bench.tasks.base import Step
+from bench.trackers.phases import Phase
+
+
+@dataclass
+class TrainStats:
+    losses: list[float] = field(default_factory=list)  # one per optimizer step, effective-batch mean
+    step_times_s: list[float] = field(default_factory=list)  # timed (post-warm-up) steps only
+    timed_tokens: int = 0  # real (non-padding) tokens processed in timed steps
+    timed_padded_tokens: int = 0  # tokens including padding (what the device computed on)
+    timed_samples: int = 0
+    skipped_steps: int = 0  # optimizer steps the fp16 scaler skipped for inf/nan gradients
+    all_steps_s: float = 0.0  # every step's time, warm-up included
+    shapes: set[tuple[int, ...]] = field(default_factory=set)  # input shapes seen (fixed-shape data: one per micro)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def autocast_for(policy: PrecisionPolicy, device: str) -> Any:
+    """A fresh autocast context factory for the policy (a no-op for fp32)."""
+    import torch
+
+    if policy.mixed_precision == "no":
+        return nullcontext
+    dtype = torch.float16 if policy.mixed_precision == "fp16" else torch.bfloat16
+    return lambda: torch.autocast(device_type=device, dtype=dtype)
+
+
+def make_optimizer(params: list[Any], lr: float, device: str) -> Any:
+    import torch
+
+    fused = device == "cuda" and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
+
+
+def input_casting_off(model: Any, policy: PrecisionPolicy) -> Any:
+    """peft casts every adapter input to the adapter's fp32 dtype; under autocast that is a wasted activation copy
+    per adapted layer (the matmul runs in the autocast dtype anyway). peft's own switch turns it off."""
+    import sys
+
+    if policy.mixed_precision == "no" or "peft" not in sys.modules:  # no peft layers without peft imported
+        return nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
+
+
+def train(
+    model: Any, task: Any, spec: Any, method: Any, policy: PrecisionPolicy, device: str, marks: Any
+) -> TrainStats:
+    """`spec.steps` optimizer steps of `spec.batch_size` examples split into `spec.grad_accum` micro-batches.
+
+    Each micro-batch contributes loss_sum / (targets in the whole effective batch), so the gradient equals the one
+    of the full batch whatever the split. `marks.start/end(Phase.TRAIN_TIMED)` bracket the timed steps."""
+    import torch
+
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.lr, device)
+    scaler = torch.amp.GradScaler(device) if policy.mixed_precision == "fp16" else None
+    autocast = autocast_for(policy, device)
+    model.train()
+    stats = TrainStats()
+    batches = task.train_batches(spec.batch_size)
+    with input_casting_off(model, policy):
+        for step in range(spec.steps):
+            micro = task.micro_batches(next(batches), spec.micro_batch)
+            counts = [task.target_count(b, method.prepends_tokens) for b in micro]
+            total = sum(counts)
+            timed = step >= spec.warmup_steps
+            if timed and step == spec.warmup_steps:
+                marks.start(Phase.TRAIN_TIMED)
+            sync(device)
+            t0 = time.perf_counter()
+            step_loss = torch.zeros((), device=device)
+            for batch, count in zip(micro, counts):
+                on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast():
+                    loss = method.loss(model, task, Step(on_device, total, count))
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += loss.detach()
+            _optimizer_step(optimizer, scaler, stats)
+            method.after_optimizer_step(model, step)  # part of the method's cost, so inside the timed step
+            optimizer.zero_grad(set_to_none=True)
+            sync(device)
+            elapsed = time.perf_counter() - t0
+            _account(stats, step_loss, micro, timed, elapsed)
+    if spec.steps > spec.warmup_steps:
+        marks.end(Phase.TRAIN_TIMED)
+    return stats
+
+
+def _optimizer_step(optimizer: Any, scaler: Any, stats: TrainStats) -> None:
+    if scaler is None:
+        optimizer.step()
+        return
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    if scaler.get_scale() < scale:  # the scaler lowers its scale exactly when it skipped the step
+        stats.skipped_steps += 1
+
+
+def _account(stats: TrainStats, step_loss: Any, micro: list[dict[str, Any]], timed: bool, elapsed: float) -> None:
+    value = float(step_loss)
+    stats.all_steps_s += elapsed
+    stats.losses.append(value if math.isfinite(value) else float("nan"))
+    for b in micro:
+        stats.shapes.add(tuple(b["input_ids"].shape))
+    if timed:
+        stats.step_times_s.append(elapsed)
+        for b in micro:
+            mask = b.get("attention_mask")
+            stats.timed_tokens += int(mask.sum()) if mask is not None else b["input_ids"].numel()
+            stats.timed_padded_tokens += b["input_ids"].numel()
+            stats.timed_samples += b["input_ids"].shape[0]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile, None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+THROUGHPUT_KEYS = (
+    "tokens_per_s",
+    "padded_tokens_per_s",
+    "samples_per_s",
+    "step_time_p50_s",
+    "step_time_p90_s",
+    "step_time_mean_s",
+)
+
+
+def throughput_metrics(stats: TrainStats) -> tuple[dict[str, Any], dict[str, str]]:
+    """Throughput and step-time percentiles from timed steps; missing reasons where there were none."""
+    total = sum(stats.step_times_s)
+    base = {
+        "timed_steps": len(stats.step_times_s),
+        "timed_tokens": stats.timed_tokens,
+        "timed_padded_tokens": stats.timed_padded_tokens,
+        "skipped_steps": stats.skipped_steps,
+        "final_loss": stats.losses[-1] if stats.losses else None,
+        "distinct_batch_shapes": len(stats.shapes),
+    }
+    if not stats.step_times_s or total <= 0:
+        reason = "no timed steps: steps <= warmup_steps"
+        return {**base, **{k: None for k in THROUGHPUT_KEYS}}, {k: reason for k in THROUGHPUT_KEYS}
+    return {
+        **base,
+        "tokens_per_s": stats.timed_tokens / total,
+        "padded_tokens_per_s": stats.timed_padded_tokens / total,
+        "samples_per_s": stats.timed_samples / total,
+        "step_time_p50_s": percentile(stats.step_times_s, 50),
+        "step_time_p90_s": percentile(stats.step_times_s, 90),
+        "step_time_mean_s": total / len(stats.step_times_s),
+    }, {}

@@ -1,0 +1,1 @@
+"""Model sources, loading and building (random weights from a config), precision and parameter counts."""

@@ -1,0 +1,200 @@
+"""Model sources and loading: named configs, `config.json` files, local directories, hub ids, each with real
+weights or (`weights: random`) only its configuration and seeded random weights.
+
+Random-weight models are built directly on the cell's device in the dtype the precision policy stores the base in,
+with the constructors' own initialisation switched off and transformers' initialisation run once there (on a GPU
+that takes milliseconds instead of half a minute of CPU work). Quantized random bases go through transformers'
+bitsandbytes loader with a lazy state dict (`from_pretrained(None, state_dict=...)`): each weight is drawn on the
+device and quantized before the next, so a 70B-class shape never exists in bf16; no temporary directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.models.configs import CONFIGS
+from bench.models.sources import TOKENIZER_FILES, ModelSource, resolve_source
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def auto_class(kind: str) -> Any:
+    import transformers
+
+    return transformers.AutoModelForCausalLM if kind == "causal_lm" else transformers.AutoModelForSequenceClassification
+
+
+def _hub_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"trust_remote_code": bool(options.get("trust_remote_code", False))}
+    if options.get("revision"):
+        out["revision"] = options["revision"]
+    return out
+
+
+def load_config(source: ModelSource, kind: str, num_labels: int | None, options: dict[str, Any]) -> tuple[Any, dict]:
+    """(transformers config, where it came from) without touching any weights."""
+    import transformers
+
+    labels = {"num_labels": num_labels} if kind == "seq_cls" else {}
+    if source.kind == "config":
+        return transformers.AutoConfig.for_model(**CONFIGS[source.ref], **labels), {"config_source": "named"}
+    if source.kind == "config_file":
+        text = Path(source.ref).read_text()
+        cfg = transformers.AutoConfig.from_pretrained(source.ref, **labels)
+        return cfg, {"config_source": source.ref, "config_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    cfg = transformers.AutoConfig.from_pretrained(source.ref, **labels, **_hub_kwargs(options))
+    info: dict[str, Any] = {"config_source": source.ref}
+    if source.kind == "dir":
+        info["config_sha256"] = hashlib.sha256((Path(source.ref) / "config.json").read_bytes()).hexdigest()[:16]
+    else:
+        info["config_revision"] = getattr(cfg, "_commit_hash", None) or options.get("revision")
+    return cfg, info
+
+
+def build_random(cls: Any, cfg: Any, device: str, dtype: str, seed: int) -> Any:
+    """Seeded random weights built on `device` in `dtype`, initialised once (constructor inits switched off)."""
+    import torch
+    from transformers.initialization import no_init_weights
+
+    with torch.device(device), no_init_weights():
+        model = cls.from_config(cfg, dtype=getattr(torch, dtype))
+    torch.manual_seed(seed)
+    if device != "meta":
+        model.init_weights()
+    else:
+        model.tie_weights()
+    return model
+
+
+class RandomTensor:
+    """A parameter's seeded random values, made only when transformers' loader reads it (`tensor[...]`), on the
+    target device: a quantized base is built layer by layer, never whole in bf16."""
+
+    def __init__(self, shape: tuple[int, ...], kind: str, std: float, seed: int, device: str):
+        import torch
+
+        self.shape, self.kind, self.std, self.seed, self.device = tuple(shape), kind, std, seed, device
+        self.dtype = torch.bfloat16
+
+    def __getitem__(self, key: Any) -> Any:
+        import torch
+
+        if self.kind != "normal":
+            fill = torch.ones if self.kind == "ones" else torch.zeros
+            return fill(self.shape, dtype=self.dtype, device=self.device)[key]
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return out.normal_(0.0, self.std, generator=gen)[key]
+
+
+def random_quantized(cls: Any, cfg: Any, quant: Any, device: str, seed: int) -> Any:
+    """A bitsandbytes-quantized base with seeded random weights, through transformers' real quantizing loader,
+    in memory and one parameter at a time (norm weights 1, biases 0, the rest N(0, initializer_range))."""
+    import zlib
+
+    import torch
+
+    meta = build_random(cls, cfg, "meta", "bfloat16", seed)
+    modules = dict(meta.named_modules())
+    std = getattr(cfg, "initializer_range", 0.02) or 0.02
+    state, seen = {}, set()
+    for key, tensor in meta.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:  # tied weights (embeddings / lm_head) are one parameter
+            continue
+        seen.add(id(tensor))
+        module = modules[key.rpartition(".")[0]]
+        kind = (
+            "ones"
+            if "Norm" in type(module).__name__ and key.endswith("weight")
+            else "zeros"
+            if key.endswith("bias")
+            else "normal"
+        )
+        state[key] = RandomTensor(
+            tensor.shape, kind, std, seed ^ zlib.crc32(key.encode()), "cuda" if device == "cuda" else "cpu"
+        )
+    target = {"": 0} if device == "cuda" else {"": "cpu"}
+    return type(meta).from_pretrained(
+        None, config=cfg, state_dict=state, quantization_config=quant, dtype=torch.bfloat16, device_map=target
+    )
+
+
+def load_model(
+    name: str,
+    kind: str,
+    num_labels: int | None,
+    seed: int,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quant: Any = None,
+    options: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Build or load the model (on `device`, base stored as `dtype`, quantized by `quant`) and its tokenizer."""
+    options = options or {}
+    source = resolve_source(name, options)
+    cls = auto_class(kind)
+    info: dict[str, Any] = {"source": source.kind, "random_weights": source.random_weights}
+    if source.random_weights:
+        cfg, where = load_config(source, kind, num_labels, options)
+        if quant is None:
+            model = build_random(cls, cfg, device, dtype, seed)
+        else:
+            model = random_quantized(cls, cfg, quant, device, seed)
+        info.update(where)
+    else:
+        model = _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, options)
+    tokenizer = _tokenizer(source, options)
+    if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    info.update({"class": type(model).__name__, "has_tokenizer": tokenizer is not None})
+    return LoadedModel(model, tokenizer, info)
+
+
+def _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, options) -> Any:
+    import torch
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), **_hub_kwargs(options)}
+    if kind == "seq_cls":
+        kwargs["num_labels"] = num_labels
+    if quant is not None:
+        kwargs.update(
+            quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0 if device == "cuda" else "cpu"}
+        )
+    elif device != "cpu":
+        kwargs["device_map"] = {"": device}
+    return cls.from_pretrained(source.ref, **kwargs)
+
+
+def _tokenizer(source: ModelSource, options: dict[str, Any]) -> Any:
+    """The model's tokenizer where it has one (None for named configs, config files and bare weight folders)."""
+    if source.kind in ("config", "config_file"):
+        return None
+    if source.kind == "dir" and not any((Path(source.ref) / f).exists() for f in TOKENIZER_FILES):
+        return None  # weights only: transformers would otherwise invent an empty tokenizer
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.ref, **_hub_kwargs(options))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def parameter_count(name: str, kind: str, num_labels: int | None, options: dict[str, Any]) -> tuple[int | None, str]:
+    """(parameters, '') from the config alone, built on the meta device; (None, why) when the config is out of
+    reach (e.g. a hub id offline)."""
+    try:
+        source = resolve_source(name, options)
+        cfg, _ = load_config(source, kind, num_labels, options)
+        model = build_random(auto_class(kind), cfg, "meta", "bfloat16", 0)
+    except Exception as exc:  # offline hub, unknown architecture, ...
+        return None, f"{type(exc).__name__}: {str(exc)[:160]}"
+    return sum(p.numel() for p in model.parameters()), ""

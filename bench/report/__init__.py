@@ -1,0 +1,100 @@
+"""`peft-bench report`: records -> markdown (one table per model and task), CSV/JSON exports and the trade-off
+plot. Only the markdown goes to stdout; warnings and `wrote ...` lines go to stderr, so `report OUT > x.md` is
+clean. Python API: `load(OUT)` -> DataFrame, `to_markdown(df)`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.report.frame import flatten, read_export, records_to_frame, with_ratios
+from bench.report.markdown import (
+    FOOTNOTES,
+    env_header,
+    escape,
+    failure_notes,
+    fmt_bytes,
+    fmt_delta,
+    fmt_num,
+    fmt_ratio,
+    group_remarks,
+    group_table,
+)
+from bench.report.repeats import repeats_table
+from bench.results.store import read_records
+
+__all__ = [
+    "flatten",
+    "fmt_bytes",
+    "fmt_delta",
+    "fmt_num",
+    "fmt_ratio",
+    "load",
+    "read_export",
+    "records_to_frame",
+    "to_markdown",
+    "with_ratios",
+]
+
+
+def load(source: str | Path) -> pd.DataFrame:
+    """DataFrame of an out dir or results.jsonl (unreadable lines are named on stderr, records kept)."""
+    read = read_records(Path(source))
+    for w in read.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return records_to_frame(read.records)
+
+
+def to_markdown(df: pd.DataFrame, group_by: tuple[str, ...] = ("model", "task"), title: str | None = None) -> str:
+    """The whole report: environment header, one table per group (with notes on failures), footnotes."""
+    df = with_ratios(df)
+    suite = title or (df["suite"].dropna().iloc[0] if df["suite"].notna().any() else "results")
+    out = [f"# peft-bench report: {suite}", "", *env_header(df, suite), ""]
+    for key, group in df.groupby(list(group_by), sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        heading = " · ".join(f"{g} `{escape(k)}`" for g, k in zip(group_by, key))
+        out += [f"## {heading}", "", group_remarks(group), ""]
+        if group["seed"].nunique() > 1:
+            n = group["seed"].nunique()
+            out += [f"{n} seeds per cell: mean ± sample sd over seeds; `≈ best` = within the spread of the best", ""]
+            out += [repeats_table(group), ""]
+        else:
+            out += [group_table(group), ""]
+        notes = failure_notes(group)
+        out += [*notes, ""] if notes else []
+    out += ["### How each column is measured", "", *[f"- {n}" for n in FOOTNOTES], ""]
+    return "\n".join(out)
+
+
+def _wrote(path: str) -> None:
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main(args: Any) -> int:
+    """CLI: peft-bench report SOURCE [-o F.md] [--csv F] [--json F] [--plot F.png] [--group-by a,b]."""
+    df = load(args.source)
+    if df.empty:
+        print(f"error: no records in {args.source}", file=sys.stderr)
+        return 1
+    md = to_markdown(df, tuple(args.group_by.split(",")))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(md)
+        _wrote(args.output)
+    else:
+        print(md)
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+        _wrote(args.csv)
+    if args.json:
+        df.to_json(args.json, orient="records", indent=1)
+        _wrote(args.json)
+    if args.plot:
+        from bench.report.plot import pareto_plot
+
+        pareto_plot(with_ratios(df), args.plot)
+        _wrote(f"{args.plot} (+ {Path(args.plot).with_suffix('.json').name})")
+    return 0

@@ -1,0 +1,126 @@
+"""`peft-bench compare OLD NEW`: did a change of version or commit move the numbers?
+
+OLD and NEW are out dirs, results.jsonl files, or JSON/CSV exports of `peft-bench report`. Cells are lined up by
+run id (latest attempt). Beyond tolerance: memory up or tokens/s down by more than `--tolerance` (relative),
+the score worse by more than `--score-tolerance` (absolute, in the task's direction), any change of trainable
+parameters or checkpoint bytes (deterministic figures), a cell that succeeded before and does not now. Prints a
+markdown table of what moved; exits 1 on a regression, 0 otherwise. `--deterministic` leaves out memory and
+tokens/s, which depend on the machine: CI compares a fresh run with the committed `reports/smoke.csv` that way.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.report.frame import memory_column, read_export, records_to_frame
+from bench.report.markdown import escape, fmt_num
+
+
+@dataclass
+class Move:
+    run_id: str
+    figure: str
+    old: Any
+    new: Any
+    change: str
+    regression: bool
+
+
+def load_frame(source: str | Path) -> pd.DataFrame:
+    path = Path(source)
+    if path.suffix in (".json", ".csv") and path.is_file():
+        return read_export(path)
+    from bench.results.store import read_records
+
+    return records_to_frame(read_records(path).records)
+
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def moves(old: pd.DataFrame, new: pd.DataFrame, tolerance: float | None, score_tolerance: float) -> list[Move]:
+    """Every figure that moved beyond tolerance, cell by cell (`tolerance` None: memory and tokens/s left out)."""
+    out: list[Move] = []
+    mem = memory_column(pd.concat([old, new]))
+    new_by_id = {r["run_id"]: r for _, r in new.iterrows()}
+    for _, o in old.iterrows():
+        n = new_by_id.get(o["run_id"])
+        if n is None:
+            out.append(Move(o["run_id"], "cell", o["status"], "missing", "not in NEW", False))
+            continue
+        if o["status"] == "success" and n["status"] != "success":
+            out.append(Move(o["run_id"], "status", "success", n["status"], "no longer succeeds", True))
+            continue
+        if o["status"] != "success" or n["status"] != "success":
+            continue
+        out += _figure_moves(o, n, mem, tolerance, score_tolerance)
+    return out
+
+
+def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float | None, score_tol: float) -> list[Move]:
+    out = []
+    for col in ("trainable_params", "checkpoint_bytes"):
+        a, b = _num(o[col]), _num(n[col])
+        if not (math.isnan(a) and math.isnan(b)) and a != b:
+            out.append(Move(o["run_id"], col, a, b, f"{b - a:+,.0f}", True))
+    for col, worse_if_up in ((mem, True), ("tokens_per_s", False)) if tol is not None else ():
+        a, b = _num(o[col]), _num(n[col])
+        if math.isnan(a) or math.isnan(b) or a == 0:
+            continue
+        rel = (b - a) / a
+        if abs(rel) > tol:
+            out.append(Move(o["run_id"], col, a, b, f"{100 * rel:+.1f}%", (rel > 0) == worse_if_up))
+    a, b = _num(o["score_after"]), _num(n["score_after"])
+    if not (math.isnan(a) or math.isnan(b)) and abs(b - a) > score_tol:
+        higher = o.get("higher_is_better", True)
+        higher = True if higher is None or (isinstance(higher, float) and math.isnan(higher)) else bool(higher)
+        out.append(Move(o["run_id"], "score_after", a, b, f"{b - a:+.4g}", (b < a) == higher))
+    return out
+
+
+def to_markdown(found: list[Move], old: str, new: str, tolerance: float | None, score_tolerance: float) -> str:
+    from tabulate import tabulate
+
+    head = [f"# peft-bench compare: `{old}` → `{new}`", ""]
+    speed = "memory and tokens/s not compared" if tolerance is None else f"memory / tokens/s ±{100 * tolerance:g}%"
+    head.append(f"tolerance: {speed}, score ±{score_tolerance:g}, counts exact")
+    if not found:
+        return "\n".join([*head, "", "nothing moved beyond tolerance", ""])
+    rows = [
+        [escape(m.run_id), m.figure, _fmt(m.old), _fmt(m.new), m.change, "**regression**" if m.regression else "ok"]
+        for m in found
+    ]
+    table = tabulate(
+        rows, headers=["cell", "figure", "old", "new", "change", "verdict"], tablefmt="github", disable_numparse=True
+    )
+    return "\n".join([*head, "", table, ""])
+
+
+def _fmt(x: Any) -> str:
+    return fmt_num(x) if isinstance(x, (int, float)) else str(x)
+
+
+def main(args: Any) -> int:
+    old, new = load_frame(args.old), load_frame(args.new)
+    if old.empty or new.empty:
+        print(f"error: no records in {args.old if old.empty else args.new}", file=sys.stderr)
+        return 2
+    text = str(args.tolerance)
+    # --deterministic: memory and tokens/s depend on the machine, so they are not compared at all
+    tolerance = None if args.deterministic else float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    found = moves(old, new, tolerance, args.score_tolerance)
+    print(to_markdown(found, args.old, args.new, tolerance, args.score_tolerance))
+    regressions = [m for m in found if m.regression]
+    if regressions:
+        print(f"{len(regressions)} regression(s)", file=sys.stderr)
+    return 1 if regressions else 0

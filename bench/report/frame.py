@@ -1,0 +1,174 @@
+"""Records -> one pandas row per cell (latest attempt), ratios against `full`, and exports read back."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.results.store import latest_by_run_id
+
+METRICS = [
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "train_peak_nvml_process_mib",
+    "train_peak_nvml_mib",
+    "peak_nvml_mib",
+    "peak_nvml_process_mib",
+    "baseline_nvml_mib",
+    "suite_baseline_nvml_mib",
+    "torch_peak_allocated_mib",
+    "torch_peak_reserved_mib",
+    "peak_rss_mib",
+    "train_peak_rss_mib",
+    "train_rss_growth_mib",
+    "estimate_total_mib",
+    "estimate_weights_mib",
+    "tokens_per_s",
+    "padded_tokens_per_s",
+    "samples_per_s",
+    "step_time_p50_s",
+    "step_time_p90_s",
+    "mfu",
+    "hfu",
+    "checkpoint_bytes",
+    "score_before",
+    "score_after",
+    "majority_baseline_after",
+    "forgetting_delta",
+    "energy_j",
+    "train_energy_j",
+    "energy_per_token_j",
+    "final_loss",
+]
+TIMINGS = [
+    "time_spawn_s",
+    "time_import_s",
+    "time_model_load_s",
+    "time_method_apply_s",
+    "time_train_s",
+    "time_eval_s",
+    "time_save_s",
+    "duration_s",
+]
+ENV = ["device", "gpu_name", "gpu_driver", "cuda", "python", "torch", "transformers", "peft", "git_sha", "hostname"]
+ENV += ["cpu_model", "cpu_capability", "cpu_native_bf16"]
+
+
+def _info(rec: dict[str, Any], section: str, key: str, default: Any = None) -> Any:
+    return (rec.get(section) or {}).get(key, default)
+
+
+def flatten(rec: dict[str, Any]) -> dict[str, Any]:
+    spec, m, env = rec.get("spec", {}), rec.get("metrics", {}), rec.get("env", {})
+    packages = env.get("packages", {})
+    row = {
+        "run_id": rec["run_id"],
+        "suite": spec.get("suite"),
+        "model": spec.get("model"),
+        "task": spec.get("task"),
+        "method": spec.get("method"),
+        "method_label": spec.get("method_label") or spec.get("method"),
+        "precision": spec.get("precision"),
+        "grad_accum": spec.get("grad_accum"),
+        "grad_ckpt": bool(spec.get("grad_ckpt", False)),
+        "seed": spec.get("seed", 0),
+        "batch_size": spec.get("batch_size"),
+        "steps": spec.get("steps"),
+        "status": rec.get("status"),
+        "error": (rec.get("error") or {}).get("message"),
+    }
+    row.update({k: m.get(k) for k in METRICS})
+    row.update({k: (rec.get("timings") or {}).get(k) for k in TIMINGS})
+    row.update(
+        {
+            "metric": _info(rec, "task_info", "metric"),
+            "synthetic": _info(rec, "task_info", "synthetic"),
+            "higher_is_better": _info(rec, "task_info", "higher_is_better", True),
+            "random_weights": _info(rec, "model_info", "random_weights"),
+            "emulated": bool(_info(rec, "dtypes", "emulated") or env.get("emulated_precision")),
+            "started_at": rec.get("started_at"),
+            "suite_hash": spec.get("suite_hash"),
+        }
+    )
+    row.update({k: env.get(k) if k not in ("torch", "transformers", "peft") else packages.get(k) for k in ENV})
+    if row["gpu_name"] is None:
+        row["gpu_name"] = env.get("nvml_gpu_name")
+    return row
+
+
+def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Latest attempt per run_id, one row each, in first-seen order."""
+    rows = [flatten(r) for r in latest_by_run_id(list(records)).values()]
+    return pd.DataFrame(rows, columns=list(flatten({"run_id": ""}).keys()))
+
+
+TEXT_COLUMNS = [
+    "run_id",
+    "suite",
+    "model",
+    "task",
+    "method",
+    "method_label",
+    "precision",
+    "status",
+    "error",
+    "metric",
+    "started_at",
+    "suite_hash",
+    *ENV,
+]
+
+
+def read_export(path: str | Path) -> pd.DataFrame:
+    """Read back a CSV or JSON export written by `report` into the same DataFrame."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return pd.read_json(path, orient="records", dtype=False)  # JSON keeps its own types
+    return pd.read_csv(path, dtype={c: object for c in TEXT_COLUMNS})
+
+
+MEMORY_COLUMNS = (
+    "train_peak_nvml_process_mib",
+    "peak_nvml_mib",
+    "torch_peak_allocated_mib",
+    "train_peak_rss_mib",
+    "peak_rss_mib",
+)
+
+
+def memory_column(df: pd.DataFrame) -> str:
+    """The headline memory figure present in these records: the training peak of the cell's process tree
+    (NVML); older records' device peak; torch's allocator; on CPU the tree's RSS peak during training (older
+    records: the process's lifetime peak RSS)."""
+    for col in MEMORY_COLUMNS[:-1]:
+        if df[col].notna().any():
+            return col
+    return MEMORY_COLUMNS[-1]
+
+
+def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ratios against the `full` cell of the same model/task/precision/grad_accum/grad_ckpt (success only)."""
+    keys = ["model", "task", "precision", "grad_accum", "grad_ckpt", "seed"]
+    base = df[(df["method"] == "full") & (df["status"] == "success")]
+    out = df.copy()
+    for col in ("mem_x", "speed_x", "ckpt_x", "score_delta"):
+        out[col] = math.nan
+    if base.empty:
+        return out
+    mem = memory_column(df)
+    cols = ["tokens_per_s", "checkpoint_bytes", "score_after", mem]
+    merged = out[keys].merge(base[keys + cols].drop_duplicates(keys), on=keys, how="left", suffixes=("", "_full"))
+    ok = (out["status"] == "success").to_numpy()
+    num = lambda s: pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)  # noqa: E731
+    out["mem_x"] = num(out[mem]) / num(merged[mem])
+    out["speed_x"] = num(out["tokens_per_s"]) / num(merged["tokens_per_s"])
+    out["ckpt_x"] = num(out["checkpoint_bytes"]) / num(merged["checkpoint_bytes"])
+    out["score_delta"] = num(out["score_after"]) - num(merged["score_after"])
+    for col in ("mem_x", "speed_x", "ckpt_x", "score_delta"):
+        out.loc[~ok, col] = math.nan
+    return out

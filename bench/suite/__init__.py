@@ -1,0 +1,1 @@
+"""Suite files in, RunSpecs out: YAML loading, defaults, options, validation, matrix expansion."""

@@ -1,0 +1,136 @@
+"""Suite -> [RunSpec]: the product of the axes minus `exclude`, plus `include`, with the cross-field checks
+(divisibility, method/precision/model combinations, unique run ids) done before any cell runs."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import fields
+from typing import Any
+
+from bench import registry
+from bench.errors import SuiteError
+from bench.models import sources
+from bench.models.precision import QUANTIZED
+from bench.suite.defaults import BY_KEY, ENTRY_OVERRIDES
+from bench.suite.spec import ALL_AXES, RunSpec, method_label
+from bench.suite.validate import check_axis_entry
+
+
+def _entry_name(entry: Any) -> Any:
+    return entry["name"] if isinstance(entry, dict) else entry
+
+
+def _options(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in ("name", "label")}
+
+
+def plugin_options(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry's own options (not the training overrides it sets for its cells)."""
+    return {k: v for k, v in _options(entry).items() if k not in ENTRY_OVERRIDES}
+
+
+def _entry_overrides(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if BY_KEY[k].type is float else v) for k, v in entry.items() if k in ENTRY_OVERRIDES}
+
+
+def _matches(rule: dict[str, Any], cell: dict[str, Any]) -> bool:
+    for axis, want in rule.items():
+        entry = cell[axis]
+        names = {_entry_name(entry)}
+        if axis == "method":
+            names.add(entry.get("label") or method_label(entry["name"], plugin_options(entry)))
+        wants = want if isinstance(want, list) else [want]
+        if not any(_entry_name(w) in names for w in wants):
+            return False
+    return True
+
+
+def _included(suite: Any, i: int, rule: dict[str, Any]) -> dict[str, Any]:
+    problems: list[str] = []
+    cell = {}
+    for a in ALL_AXES:
+        if a in rule:
+            cell[a] = check_axis_entry(a, rule[a], f"{suite.path}: include[{i}].{a}", problems)
+        elif len(suite.axes[a]) == 1:
+            cell[a] = suite.axes[a][0]
+        else:
+            cell[a] = None
+    unset = [a for a, v in cell.items() if v is None]
+    if unset:
+        problems.append(f"{suite.path}: include[{i}]: give {', '.join(unset)} (the matrix has several values)")
+    if problems:
+        raise SuiteError(problems)
+    return cell
+
+
+def expand(suite: Any) -> list[RunSpec]:
+    """The suite's cells in matrix order: product of axes minus `exclude`, plus `include`."""
+    cells = [dict(zip(ALL_AXES, combo)) for combo in itertools.product(*(suite.axes[a] for a in ALL_AXES))]
+    cells = [c for c in cells if not any(_matches(r, c) for r in suite.exclude)]
+    cells += [_included(suite, i, rule) for i, rule in enumerate(suite.include)]
+    specs, problems, seen = [], [], set()
+    for cell in cells:
+        spec = to_spec(suite, cell)
+        problems.extend(combination_problems(suite.path, spec))
+        if spec.run_id in seen:
+            problems.append(f"{suite.path}: two cells share run_id {spec.run_id!r}; give one of the entries a `label`")
+        seen.add(spec.run_id)
+        specs.append(spec)
+    if problems:
+        raise SuiteError(sorted(set(problems), key=problems.index))
+    return specs
+
+
+def to_spec(suite: Any, cell: dict[str, Any]) -> RunSpec:
+    known = {f.name for f in fields(RunSpec)}
+    model, task, method = cell["model"], cell["task"], cell["method"]
+    training = {k: v for k, v in suite.defaults.items() if k in known}
+    for entry in (model, task, method):
+        training.update(_entry_overrides(entry))
+    return RunSpec(
+        suite=suite.name,
+        model=model["name"],
+        task=task["name"],
+        method=method["name"],
+        precision=cell["precision"],
+        grad_accum=cell["grad_accum"],
+        grad_ckpt=cell["grad_ckpt"],
+        seed=cell["seed"],
+        model_options=plugin_options(model),
+        task_options=plugin_options(task),
+        method_options=plugin_options(method),
+        method_label=method.get("label") or method_label(method["name"], plugin_options(method)),
+        suite_hash=suite.content_hash,
+        **{k: v for k, v in training.items() if k != "seed"},
+    )
+
+
+def combination_problems(where: str, spec: RunSpec) -> list[str]:
+    out = []
+    label = spec.run_id
+    if spec.batch_size % spec.grad_accum:
+        out.append(
+            f"{where}: {label}: batch_size {spec.batch_size} is not divisible by grad_accum "
+            f"{spec.grad_accum} (the effective batch is split into equal micro-batches)"
+        )
+    if spec.warmup_steps >= spec.steps:
+        out.append(
+            f"{where}: {label}: warmup_steps {spec.warmup_steps} must be < steps {spec.steps} (no step would be timed)"
+        )
+    method = registry.load("method", spec.method)
+    if method.required_precisions and spec.precision not in method.required_precisions:
+        out.append(
+            f"{where}: {label}: method {spec.method!r} needs precision "
+            f"{' or '.join(method.required_precisions)}; exclude the other precisions for it"
+        )
+    if spec.precision in QUANTIZED and not method.quantized_base_ok:
+        out.append(
+            f"{where}: {label}: method {spec.method!r} cannot train a {spec.precision}-quantized base "
+            f"(its weights are frozen int storage); exclude {{method: {spec.method}, precision: {spec.precision}}}"
+        )
+    task = registry.load("task", spec.task)
+    if task.model_kind not in sources.supported_kinds(spec.model):
+        out.append(f"{where}: {label}: model {spec.model!r} cannot be built for {task.model_kind} (task {spec.task!r})")
+    if task.model_kind not in method.model_kinds:
+        out.append(f"{where}: {label}: method {spec.method!r} does not support {task.model_kind}")
+    return out
