@@ -85,7 +85,7 @@ class FaultCheck(FullFineTune):
     def apply(self, model):
         import bench.scoring
 
-        if getattr(bench.metrics, "LEAKED", False) or bench.scoring.accuracy.__name__ != "accuracy":
+        if getattr(bench.scoring, "LEAKED", False) or bench.scoring.accuracy.__name__ != "accuracy":
             raise RuntimeError("state leaked from an earlier cell")
         return super().apply(model)
 
