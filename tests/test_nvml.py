@@ -156,3 +156,38 @@ def test_cell_record_carries_fake_nvml_peaks(tmp_path):
     assert rec["phases"]["train"]["peak_nvml_process_mib"] == 123
     assert rec["env"]["nvml_gpu_name"] == "FakeH100" and rec["gpu_index"] == 0
     assert rec["env"]["cuda_visible_devices"] == "GPU-fake-0" and rec["env"]["cuda_device_order"] == "PCI_BUS_ID"
+
+
+@pytest.mark.parametrize(
+    "report, why",
+    [("none", "usedGpuMemory is None"), ("hidden", "no PID of the cell's process tree is in NVML's process list")],
+)
+def test_unknown_process_memory_is_null_with_the_reason_and_a_labelled_fallback(tmp_path, report, why):
+    fake = {"devices": [{"used_mib": 300, "processes": []}], "tree_mib": 123, "tree_report": report}
+    path = make_suite(tmp_path, {"method": ["full"]})
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--no-fit-check", env=fake_nvml.env(fake))
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((tmp_path / "out" / "results.jsonl").read_text())
+    m, missing = rec["metrics"], rec["missing_reason"]
+    assert m["train_peak_nvml_process_mib"] is None and why in missing["train_peak_nvml_process_mib"]
+    assert m["peak_nvml_process_mib"] is None and why in missing["peak_nvml_process_mib"]
+    assert m["train_peak_nvml_device_minus_baseline_mib"] == 123  # 423 on the device - 300 held before the cell
+    from bench import report as rep
+
+    text = rep.to_markdown(rep.load(tmp_path / "out" / "results.jsonl"))
+    assert "123 (device - baseline)" in text
+
+
+def test_a_cpu_cell_on_a_gpu_host_gets_no_gpu_no_sampling_and_no_fit_check(tmp_path):
+    """A full GPU (9 of 9.1 GiB used by a process NVML cannot name) would refuse any GPU cell at suite start and
+    fail every fit check: a `device: cpu` cell runs anyway, unsampled."""
+    fake = {"devices": [{"used_mib": 9000, "total_mib": 9100, "processes": []}], "tree_mib": 50}
+    path = make_suite(tmp_path, {"method": ["full"]}, device="cpu")
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fake_nvml.env(fake))
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((tmp_path / "out" / "results.jsonl").read_text())
+    assert rec["status"] == "success" and rec["gpu_index"] is None
+    assert rec["metrics"]["train_peak_nvml_process_mib"] is None
+    assert "device: cpu" in rec["missing_reason"]["train_peak_nvml_process_mib"]
+    assert rec["env"]["cuda_visible_devices"] == ""
+    assert rec["metrics"]["train_peak_rss_mib"] > 0  # the CPU headline

@@ -264,8 +264,9 @@ def phase_train(c: Cell) -> None:
     tp, tp_missing = throughput_metrics(stats)
     c.metrics.update(tp)
     c.missing.update(tp_missing)
-    input_level = c.method_cls.prepends_tokens or c.method_cls.input_level
-    c.metrics.update(flops_per_token(c.model, c.model.config, c.spec.seq_len, input_level, c.spec.grad_ckpt))
+    flops, flops_missing = flops_per_token(c.metrics["total_params"], stats)
+    c.metrics.update(flops)
+    c.missing.update(flops_missing)
     utilisation(c.metrics, c.missing, c.result.env, c.precision.compute_dtype)
     c.metrics.update(c.method.metrics(stats.all_steps_s))
     c.result.loss_curve = stats.losses

@@ -26,6 +26,8 @@ class TrainStats:
     skipped_steps: int = 0  # optimizer steps the fp16 scaler skipped for inf/nan gradients
     all_steps_s: float = 0.0  # every step's time, warm-up included
     shapes: set[tuple[int, ...]] = field(default_factory=set)  # input shapes seen (fixed-shape data: one per micro)
+    counted_flops: float | None = None  # torch's FlopCounterMode over the first (warm-up) step
+    counted_tokens: int = 0  # real tokens of that step
 
 
 def sync(device: str) -> None:
@@ -87,24 +89,43 @@ def train(
             timed = step >= spec.warmup_steps
             if timed and step == spec.warmup_steps:
                 marks.start(Phase.TRAIN_TIMED)
+            counter = flop_counter() if step == 0 and not timed else None
             sync(device)
             t0 = time.perf_counter()
             step_loss = torch.zeros((), device=device)
-            for batch, count in zip(micro, counts):
-                on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with autocast():
-                    loss = method.loss(model, task, Step(on_device, total, count))
-                (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += loss.detach()
-            _optimizer_step(optimizer, scaler, stats)
-            method.after_optimizer_step(model, step)  # part of the method's cost, so inside the timed step
-            optimizer.zero_grad(set_to_none=True)
+            with counter or nullcontext():
+                for batch, count in zip(micro, counts):
+                    on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    with autocast():
+                        loss = method.loss(model, task, Step(on_device, total, count))
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    step_loss += loss.detach()
+                _optimizer_step(optimizer, scaler, stats)
+                method.after_optimizer_step(model, step)  # part of the method's cost, so inside the timed step
+                optimizer.zero_grad(set_to_none=True)
             sync(device)
+            if counter is not None:
+                stats.counted_flops, stats.counted_tokens = float(counter.get_total_flops()), real_tokens(micro)
             elapsed = time.perf_counter() - t0
             _account(stats, step_loss, micro, timed, elapsed)
     if spec.steps > spec.warmup_steps:
         marks.end(Phase.TRAIN_TIMED)
     return stats
+
+
+def flop_counter() -> Any:
+    """torch's own FLOP counter (matmuls, convolutions, attention kernels; forward, backward and any recompute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False)
+
+
+def real_tokens(micro: list[dict[str, Any]]) -> int:
+    total = 0
+    for b in micro:
+        mask = b.get("attention_mask")
+        total += int(mask.sum()) if mask is not None else b["input_ids"].numel()
+    return total
 
 
 def _optimizer_step(optimizer: Any, scaler: Any, stats: TrainStats) -> None:
@@ -126,9 +147,8 @@ def _account(stats: TrainStats, step_loss: Any, micro: list[dict[str, Any]], tim
         stats.shapes.add(tuple(b["input_ids"].shape))
     if timed:
         stats.step_times_s.append(elapsed)
+        stats.timed_tokens += real_tokens(micro)
         for b in micro:
-            mask = b.get("attention_mask")
-            stats.timed_tokens += int(mask.sum()) if mask is not None else b["input_ids"].numel()
             stats.timed_padded_tokens += b["input_ids"].numel()
             stats.timed_samples += b["input_ids"].shape[0]
 

@@ -56,25 +56,30 @@ class LocalExecutor:
         self.options = options
 
     def run(self, specs: list[RunSpec], ctx: RunContext) -> None:
+        """GPU cells one per GPU slot; `device: cpu` cells on one CPU slot after them (no GPU, no NVML, no fit
+        check: a CPU suite on an 8-GPU node is not run eight cells wide)."""
         opts = self.options
         backend, reason = nvml.open_backend()
         slots = resolve_slots(backend, opts.gpus, inherited_visible_devices())
-        watches = self._watch(backend, slots)
+        on_gpu = [s for s in specs if s.device != "cpu"] if slots != [None] else []
+        on_cpu = [s for s in specs if s not in on_gpu]
+        watches = self._watch(backend, slots) if on_gpu else {}
         env_parent = base_env()
         if backend is not None:
             env_parent["gpu_driver"] = backend.driver()
-        name = resolve_launcher(opts.launcher, backend is not None)
-        launchers = {
-            slot: make_launcher(name, ctx.out.path / f"forkserver-{slot.index if slot else 'cpu'}.log")
-            for slot in slots
-        }
-        if len(slots) > 1:
+        launchers: dict[GpuSlot | None, Any] = {}
+        if on_gpu:
+            name = resolve_launcher(opts.launcher, True)
+            launchers = {s: make_launcher(name, ctx.out.path / f"forkserver-{s.index}.log") for s in slots}
+        if on_cpu:
+            launchers[None] = make_launcher(resolve_launcher(opts.launcher, False), ctx.out.path / "forkserver-cpu.log")
+        if len(slots) > 1 and on_gpu:
             ctx.progress(f"running on GPUs {', '.join(str(s.index) for s in slots)}, one cell per GPU at a time")
         try:
             for launcher in launchers.values():
                 launcher.start(dict(os.environ))
-
-            fits = FitCheck(backend, specs) if backend is not None and opts.fit_check else None
+            fits = FitCheck(backend, on_gpu) if on_gpu and opts.fit_check else None
+            cpu_reason = "a device: cpu cell: no GPU is sampled" if backend is not None else reason
 
             def run(spec: RunSpec, slot: GpuSlot | None) -> Record:
                 watch = watches.get(slot)
@@ -86,8 +91,8 @@ class LocalExecutor:
                     run_dir=ctx.out.run(spec.run_id),
                     launcher=launchers[slot],
                     slot=slot,
-                    backend=backend,
-                    nvml_reason=reason,
+                    backend=backend if slot is not None else None,
+                    nvml_reason=reason if slot is not None else cpu_reason,
                     nvml_interval_s=opts.nvml_interval_s,
                     env_parent=env_parent,
                     should_stop=ctx.should_stop,
@@ -97,7 +102,13 @@ class LocalExecutor:
                 )
                 return supervise_cell(job)
 
-            execute(specs, slots, run, lambda rec, slot: ctx.on_record(rec), ctx.should_stop)
+            def done(rec: Record, slot: Any) -> None:
+                ctx.on_record(rec)
+
+            if on_gpu:
+                execute(on_gpu, slots, run, done, ctx.should_stop)
+            if on_cpu:
+                execute(on_cpu, [None], run, done, ctx.should_stop)
         finally:
             for launcher in launchers.values():
                 launcher.close()

@@ -52,6 +52,8 @@ def cell_env(spec: RunSpec, slot: GpuSlot | None, token: str) -> dict[str, str]:
         env.update(slot.cell_env())
         if spec.cuda_alloc_conf:
             env["PYTORCH_CUDA_ALLOC_CONF"] = spec.cuda_alloc_conf
+    elif spec.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU cell never creates a CUDA context on someone's GPU
     return env
 
 

@@ -62,7 +62,6 @@ class Method(abc.ABC):
     required_precisions: ClassVar[tuple[str, ...]] = ()  # e.g. qlora -> ("nf4",)
     trains_base: ClassVar[bool] = False  # trains base weights themselves (stored fp32 as master weights)
     prepends_tokens: ClassVar[bool] = False  # puts virtual tokens before the input (their labels too)
-    input_level: ClassVar[bool] = False  # changes the input itself: activation gradients reach the embeddings
     requires: ClassVar[tuple[str, ...]] = ()  # libraries the cell imports in its import phase (timed there)
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = ()  # the figures `metrics` returns, documented
 

@@ -16,6 +16,7 @@ METRICS = [
     "total_params",
     "trainable_pct",
     "train_peak_nvml_process_mib",
+    "train_peak_nvml_device_minus_baseline_mib",
     "train_peak_nvml_mib",
     "peak_nvml_mib",
     "peak_nvml_process_mib",
@@ -134,6 +135,7 @@ def read_export(path: str | Path) -> pd.DataFrame:
 
 MEMORY_COLUMNS = (
     "train_peak_nvml_process_mib",
+    "train_peak_nvml_device_minus_baseline_mib",  # where NVML cannot attribute memory to the cell's processes
     "peak_nvml_mib",
     "torch_peak_allocated_mib",
     "train_peak_rss_mib",

@@ -9,14 +9,14 @@ from typing import Any
 import pandas as pd
 
 from bench.report.frame import memory_column
+from bench.results.metrics import table
 
-MEMORY_HEADERS = {
-    "train_peak_nvml_process_mib": "train peak MiB (process tree; torch alloc)",
-    "peak_nvml_mib": "peak GPU MiB (device, NVML; torch alloc)",
-    "torch_peak_allocated_mib": "peak torch alloc MiB",
-    "train_peak_rss_mib": "train peak RSS MiB (CPU)",
-    "peak_rss_mib": "peak RSS MiB (CPU)",
-}
+SPECS = table()
+
+
+def memory_header(mem: str) -> str:
+    """The headline memory column's header, from the metric table (bench/results/metrics.py)."""
+    return SPECS[mem].header
 
 
 def _missing(x: Any) -> bool:
@@ -62,7 +62,10 @@ def _cell(row: pd.Series, value: str) -> str:
 
 
 def _memory_text(r: pd.Series, mem: str) -> str:
-    text = fmt_num(r[mem])
+    fallback = "train_peak_nvml_device_minus_baseline_mib"
+    if mem == "train_peak_nvml_process_mib" and pd.isna(r[mem]) and pd.notna(r.get(fallback)):
+        mem = fallback  # this cell's process memory is unknown: the labelled device figure stands in
+    text = fmt_num(r[mem]) + (" (device - baseline)" if mem == fallback else "")
     if mem in ("train_peak_nvml_process_mib", "peak_nvml_mib") and pd.notna(r["torch_peak_allocated_mib"]):
         text = f"{text} ({fmt_num(r['torch_peak_allocated_mib'])})"
     if r["status"] == "oom" and pd.notna(r[mem]):  # the peak seen before running out is data too
@@ -102,7 +105,7 @@ def group_table(df: pd.DataFrame) -> str:
     has_estimate = df["estimate_total_mib"].notna().any()
     gpu_estimate = df["torch_peak_allocated_mib"].notna().any()
     headers = ["method", *[{"grad_accum": "grad accum", "grad_ckpt": "grad ckpt"}.get(c, c) for c in vary]]
-    headers += ["status", "trainable (% of total)", MEMORY_HEADERS[mem], "tokens/s", "step p50 s"]
+    headers += ["status", "trainable (% of total)", memory_header(mem), "tokens/s", "step p50 s"]
     headers += ["J/token (train)"] if has_energy else []
     headers += [("est. / torch alloc MiB" if gpu_estimate else "est. / RSS growth MiB (train)")] if has_estimate else []
     headers += ["checkpoint", "score before → after"]
@@ -180,7 +183,9 @@ FOOTNOTES = [
     "and their share of all parameters.",
     "train peak MiB: the peak NVML memory of the cell's process tree during the training phase (sampled every "
     "~10 ms by the supervising process; CUDA context included, other processes excluded); torch's max allocated "
-    "during training in parentheses. Older records: the device's peak over the whole cell. Without a GPU: the "
+    'during training in parentheses. "(device - baseline)": NVML could not attribute memory to the cell\'s '
+    "processes (no per-process figure, or none of its PIDs listed), so the device's training peak minus what it held "
+    "just before the cell stands in. Older records: the device's peak over the whole cell. Without a GPU: the "
     "process tree's peak RSS during training (includes the Python and library baseline).",
     "tokens/s: real (non-padding) tokens of the timed steps divided by their time; warm-up steps excluded; GPU "
     "clocks read after torch.cuda.synchronize(). step p50: median optimizer-step time.",

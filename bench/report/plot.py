@@ -10,14 +10,12 @@ from typing import Any
 import pandas as pd
 
 from bench.report.frame import memory_column
+from bench.results.metrics import table
 
-MEMORY_LABELS = {
-    "train_peak_nvml_process_mib": "training peak of the cell's processes, NVML (MiB)",
-    "peak_nvml_mib": "peak GPU memory, NVML (MiB)",
-    "torch_peak_allocated_mib": "peak torch allocated (MiB)",
-    "train_peak_rss_mib": "training peak RSS of the cell's processes (MiB; CPU run)",
-    "peak_rss_mib": "peak process RSS (MiB; CPU run, no GPU)",
-}
+
+def memory_axis(mem: str) -> str:
+    """The memory axis label, from the metric table (bench/results/metrics.py)."""
+    return table()[mem].axis
 
 
 def pareto_front(points: list[tuple[float, float]], x_higher_better: bool, y_higher_better: bool = True) -> list[int]:
@@ -39,7 +37,7 @@ def pareto_front(points: list[tuple[float, float]], x_higher_better: bool, y_hig
 def _panels(df: pd.DataFrame) -> list[dict[str, Any]]:
     ok = df[df["status"] == "success"]
     mem = memory_column(ok)
-    mem_label = MEMORY_LABELS[mem]
+    mem_label = memory_axis(mem)
     panels = []
     for x, x_label, higher in ((mem, mem_label, False), ("tokens_per_s", "tokens/s (timed steps)", True)):
         sub = ok[ok[x].notna() & ok["score_after"].notna()]

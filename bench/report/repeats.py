@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.frame import memory_column
-from bench.report.markdown import MEMORY_HEADERS, escape, fmt_bytes, fmt_num
+from bench.report.markdown import escape, fmt_bytes, fmt_num, memory_header
 
 KEYS = ["method_label", "precision", "grad_accum", "grad_ckpt"]
 
@@ -76,7 +76,7 @@ def repeats_table(group: pd.DataFrame) -> str:
     mem = memory_column(group)
     higher = bool(group["higher_is_better"].dropna().iloc[0]) if group["higher_is_better"].notna().any() else True
     vary = [c for c in KEYS[1:] if agg[c].nunique() > 1]
-    headers = ["method", *vary, "runs ok", "trainable (% of total)", f"{MEMORY_HEADERS[mem]} mean ± sd"]
+    headers = ["method", *vary, "runs ok", "trainable (% of total)", f"{memory_header(mem)} mean ± sd"]
     headers += ["tokens/s mean ± sd", "step p50 s mean", "checkpoint", "score after mean ± sd", "vs best"]
     rows = []
     for (_, r), verdict in zip(agg.iterrows(), versus_best(agg, higher)):

@@ -84,11 +84,12 @@ CORE: tuple[MetricSpec, ...] = (
     _m("final_loss", "training loss of the last optimizer step", direction=LOWER, label="final loss",
        group="speed"),
     # utilisation
-    _m("model_flops_per_token", "6 x total params (the usual MFU convention, the same for every method)",
-       "FLOP", label="model FLOPs/token", group="utilisation"),
-    _m("hardware_flops_per_token", "FLOPs the method really computes per token (frozen weights get no weight "
-       "gradients; attention and checkpointing recompute included)", "FLOP", label="hardware FLOPs/token",
-       group="utilisation"),
+    _m("model_flops_per_token", "6 x total params per token (Kaplan et al. 2020; PaLM's MFU convention without its "
+       "attention term): embeddings counted, attention not, the same for every method", "FLOP",
+       label="model FLOPs/token", group="utilisation"),
+    _m("hardware_flops_per_token", "FLOPs the cell really computed per real token, counted by torch's "
+       "FlopCounterMode over the first warm-up step (forward, backward, checkpointing recompute, attention)", "FLOP",
+       label="hardware FLOPs/token", group="utilisation"),
     _m("mfu", "model_flops_per_token x tokens/s / the GPU's dense peak for the compute dtype", direction=HIGHER,
        label="MFU", group="utilisation"),
     _m("hfu", "hardware_flops_per_token x tokens/s / the same peak", direction=HIGHER, label="HFU",
@@ -97,6 +98,9 @@ CORE: tuple[MetricSpec, ...] = (
     _m("train_peak_nvml_process_mib", "HEADLINE memory: peak NVML memory of the cell's process tree during "
        "training", "MiB", direction=LOWER, label="train peak MiB (process tree; torch alloc)",
        plot_label="training peak of the cell's processes, NVML (MiB)", group="memory"),
+    _m("train_peak_nvml_device_minus_baseline_mib", "the headline's stand-in where NVML cannot attribute memory to "
+       "the cell's processes: training peak of the device minus what it held just before the cell", "MiB",
+       direction=LOWER, label="train peak MiB (device - baseline)", group="memory"),
     _m("train_peak_nvml_mib", "peak NVML device memory during training (other processes included)", "MiB",
        direction=LOWER, label="train peak device MiB", group="memory"),
     _m("peak_nvml_process_mib", "peak NVML memory of the cell's process tree over the whole cell", "MiB",

@@ -32,7 +32,7 @@ class Backend(Protocol):
     def driver(self) -> str | None: ...
     def used_mib(self, index: int) -> float: ...
     def total_mib(self, index: int) -> float: ...
-    def processes(self, index: int) -> dict[int, float]: ...
+    def processes(self, index: int) -> dict[int, float | None]: ...  # None: the driver gives no figure
     def energy_mj(self, index: int) -> float | None: ...
 
 
@@ -68,9 +68,10 @@ class RealNvml:
     def total_mib(self, index: int) -> float:
         return self.nv.nvmlDeviceGetMemoryInfo(self._h(index)).total / 2**20
 
-    def processes(self, index: int) -> dict[int, float]:
+    def processes(self, index: int) -> dict[int, float | None]:
+        """PID -> MiB; None where the driver reports no per-process figure (MIG, some drivers): unknown, not 0."""
         procs = self.nv.nvmlDeviceGetComputeRunningProcesses(self._h(index))
-        return {p.pid: (p.usedGpuMemory or 0) / 2**20 for p in procs}
+        return {p.pid: None if p.usedGpuMemory is None else p.usedGpuMemory / 2**20 for p in procs}
 
     def energy_mj(self, index: int) -> float | None:
         try:
@@ -102,11 +103,10 @@ def open_backend() -> tuple[Backend | None, str | None]:
 def busy_processes(backend: Backend, index: int, threshold_mib: float, exclude: set[int]) -> list[str]:
     """Processes already holding GPU memory, when together they exceed the threshold."""
     procs = {pid: mib for pid, mib in backend.processes(index).items() if pid not in exclude}
-    if sum(procs.values()) <= threshold_mib:
+    if sum(mib or 0 for mib in procs.values()) <= threshold_mib:  # unknown figures: the device check catches them
         return []
-    return [
-        f"PID {pid} ({_process_name(pid)}): {mib:.0f} MiB" for pid, mib in sorted(procs.items(), key=lambda kv: -kv[1])
-    ]
+    ordered = sorted(procs.items(), key=lambda kv: -(kv[1] or 0))
+    return [f"PID {pid} ({_process_name(pid)}): {'?' if mib is None else f'{mib:.0f}'} MiB" for pid, mib in ordered]
 
 
 def _process_name(pid: int) -> str:
@@ -119,7 +119,8 @@ def _process_name(pid: int) -> str:
 
 @dataclass
 class Timeline:
-    """Samples of one cell: unix time, device used MiB, the cell tree's MiB, energy counter mJ (nan: none)."""
+    """Samples of one cell: unix time, device used MiB, the cell tree's MiB (nan: no process of the tree listed, or
+    listed without a figure), energy counter mJ (nan: none)."""
 
     t: array = field(default_factory=lambda: array("d"))
     used: array = field(default_factory=lambda: array("d"))
@@ -127,6 +128,7 @@ class Timeline:
     energy: array = field(default_factory=lambda: array("d"))
     errors: int = 0
     last_error: str | None = None
+    unreported: int = 0  # samples where a process of the tree was listed with no memory figure (None)
 
     def add(self, t: float, used: float, tree: float, energy: float | None) -> None:
         self.t.append(t)
@@ -139,7 +141,7 @@ class Timeline:
         idx = [i for i, t in enumerate(self.t) if start <= t <= end]
         return {
             "peak_nvml_mib": max((self.used[i] for i in idx), default=None),
-            "peak_nvml_process_mib": max((self.tree[i] for i in idx), default=None),
+            "peak_nvml_process_mib": max((self.tree[i] for i in idx if not math.isnan(self.tree[i])), default=None),
             "energy_j": self._energy_between(start, end),
         }
 
@@ -215,7 +217,11 @@ class Sampler:
             tl.errors += 1
             tl.last_error = f"{type(exc).__name__}: {exc}"
             return
-        tl.add(time.time(), used, sum(mib for pid, mib in procs.items() if pid in tree), energy)
+        mine = [mib for pid, mib in procs.items() if pid in tree]
+        if any(mib is None for mib in mine):
+            tl.unreported += 1
+        tree_mib = math.nan if not mine or any(mib is None for mib in mine) else sum(mine)
+        tl.add(time.time(), used, tree_mib, energy)
 
     def stop(self) -> Timeline:
         if self.backend is None:
@@ -229,6 +235,8 @@ class Sampler:
 
 NVML_METRICS = ("peak_nvml_mib", "peak_nvml_process_mib", "baseline_nvml_mib", "energy_j")
 TRAIN_METRICS = ("train_peak_nvml_mib", "train_peak_nvml_process_mib", "train_energy_j", "energy_per_token_j")
+FALLBACK = "train_peak_nvml_device_minus_baseline_mib"  # the headline when the process tree's memory is unknown
+PROCESS_METRICS = ("peak_nvml_process_mib", "train_peak_nvml_process_mib")
 
 
 def attribute(
@@ -238,7 +246,7 @@ def attribute(
     tl = sampler.timeline
     if sampler.backend is None:
         why = reason or "NVML unavailable"
-        keys = (*NVML_METRICS, *TRAIN_METRICS)
+        keys = (*NVML_METRICS, *TRAIN_METRICS, FALLBACK)
         return {k: None for k in keys}, {k: why for k in keys}, {}
     metrics: dict[str, Any] = {
         "nvml_samples": len(tl.t),
@@ -259,6 +267,7 @@ def attribute(
     metrics["train_energy_j"] = timed.get("energy_j")
     if metrics["train_energy_j"] is not None and timed_tokens:
         metrics["energy_per_token_j"] = metrics["train_energy_j"] / timed_tokens
+    _fallback(metrics, missing, sampler)
     for key in (*NVML_METRICS, *TRAIN_METRICS):
         if metrics.get(key) is None:
             metrics[key] = None
@@ -266,10 +275,31 @@ def attribute(
     return metrics, missing, per_phase
 
 
+def _fallback(metrics: dict[str, Any], missing: dict[str, str], sampler: Sampler) -> None:
+    """Where NVML cannot attribute memory to the cell's processes, the device's training peak minus what the device
+    held just before the cell: a labelled stand-in for the headline, never a 0."""
+    if metrics.get("train_peak_nvml_process_mib") is not None:
+        return  # known: no stand-in
+    if metrics.get("train_peak_nvml_mib") is not None and sampler.baseline_mib is not None:
+        metrics[FALLBACK] = metrics["train_peak_nvml_mib"] - sampler.baseline_mib
+        return
+    why = "no device baseline was read before the cell" if metrics.get("train_peak_nvml_mib") is not None else ""
+    metrics[FALLBACK], missing[FALLBACK] = None, why or "no device figure in the training phase"
+
+
 def _why_missing(key: str, tl: Timeline, phases: dict[str, Any]) -> str:
     errors = f"; {tl.errors} NVML errors, last: {tl.last_error}" if tl.errors else ""
     if not tl.t:
         return f"no NVML sample succeeded{errors}"
+    if key in PROCESS_METRICS and tl.unreported:
+        return (
+            "the driver lists the cell's processes without a memory figure (usedGpuMemory is None: MIG or this driver)"
+        )
+    if key in PROCESS_METRICS and all(math.isnan(v) for v in tl.tree):
+        return (
+            "no PID of the cell's process tree is in NVML's process list (a container without the host PID "
+            f"namespace?); see {FALLBACK}"
+        )
     if "energy" in key and all(math.isnan(e) for e in tl.energy):
         return "GPU does not report a total energy counter"
     if key.startswith("train") or key == "energy_per_token_j":

@@ -4,6 +4,8 @@ Config (JSON) from PEFT_BENCH_FAKE_NVML, or re-read from the file PEFT_BENCH_FAK
 change it while a suite runs):
   {"devices": [{"name", "uuid", "used_mib", "processes": [{"pid", "used_mib"}]}],
    "tree_mib": N,        reported for every running cell process and added to used_mib
+   "tree_report": "none" (cell processes listed with usedGpuMemory None) | "hidden" (not listed: another PID
+                  namespace); device memory still rises by tree_mib
    "fail_from_call": K,  every used_mib call from the K-th on raises (a GPU fallen off the bus)
    "fail_every": K}      every K-th used_mib call raises (a driver hiccup)
 """
@@ -77,12 +79,12 @@ class FakeNvml:
     def total_mib(self, index: int) -> float:
         return float(self._dev(index).get("total_mib", 81920))
 
-    def processes(self, index: int) -> dict[int, float]:
+    def processes(self, index: int) -> dict[int, float | None]:
         cfg = self.config
         procs = {int(p["pid"]): float(p["used_mib"]) for p in self._dev(index).get("processes", [])}
-        if cfg.get("tree_mib"):
+        if cfg.get("tree_mib") and cfg.get("tree_report") != "hidden":
             for pid in self._cells():
-                procs[pid] = float(cfg["tree_mib"])
+                procs[pid] = None if cfg.get("tree_report") == "none" else float(cfg["tree_mib"])
         return procs
 
     def energy_mj(self, index: int) -> float | None:
