@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     specs = runner.select(expand(suite), args.only)
     if args.only and not specs:
         raise SuiteError([f"--only {' '.join(args.only)}: no cell matches; run with --dry-run to list them"])
+    check_configs(specs)
     if args.dry_run:
         from bench.plan.dryrun import print_dry_run
 
@@ -50,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s -> {out}")
     if summary.stopped:
         print(f"error: {summary.stopped}", file=sys.stderr)
-    return summary.exit_code
+    return summary.exit_code(args.strict)
 
 
 def _print_forecast(specs: list, out: Path, force: bool) -> None:
@@ -86,8 +87,21 @@ def _estimate(args: argparse.Namespace) -> int:
     from bench.suite.load import expand, load_suite
 
     suite = load_suite(args.suite, args.overrides)
-    print_dry_run(suite, expand(suite))
+    specs = expand(suite)
+    check_configs(specs)
+    print_dry_run(suite, specs)
     return 0
+
+
+def check_configs(specs: list) -> None:
+    """Every cell against its model's config (causal mask, position limit): SuiteError (exit 2) naming the limit."""
+    from bench.plan.checks import config_problems
+
+    problems, notes = config_problems(specs)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if problems:
+        raise SuiteError(problems)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -179,6 +193,11 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", help="output dir (default out/SUITE_NAME)")
     r.add_argument("--dry-run", action="store_true", help="list the cells (with model sizes), run nothing")
     r.add_argument("--force", action="store_true", help="rerun finished cells too")
+    r.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 unless every cell succeeded (default: 1 only for failed / timeout cells)",
+    )
     r.add_argument("--only", action="append", default=[], metavar="PAT", help="cells whose run_id matches (glob)")
     r.add_argument(
         "--launcher",
@@ -234,12 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="what moved between two runs (out dirs or exports); exit 1 on regressions")
     cp.add_argument("old")
     cp.add_argument("new")
-    cp.add_argument("--tolerance", default="5%", help="relative, for memory and tokens/s (default 5%%)")
+    cp.add_argument("--tolerance", default="5%", help="relative, for memory and tokens/s: 5%% or 0.05 (default 5%%)")
     cp.add_argument("--score-tolerance", type=float, default=0.02, help="absolute, for the score (default 0.02)")
     cp.add_argument(
         "--deterministic",
         action="store_true",
         help="only what does not depend on the machine's speed: status, trainable params, checkpoint bytes, score",
+    )
+    cp.add_argument("--allow-missing", action="store_true", help="cells of OLD missing from NEW are no regression")
+    cp.add_argument(
+        "--allow-spec-change",
+        action="store_true",
+        help="with --deterministic: compare cells whose spec changed (reported either way)",
     )
     cp.set_defaults(fn=_compare)
     sc = sub.add_parser("selfcheck", help="harness vs an independent plain loop: step time, memory, energy")
@@ -250,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default=None, help="comma-separated: lora, ia3, full (default: all three on GPU, lora on CPU)"
     )
     sc.add_argument("--steps", type=int, default=None)
+    sc.add_argument(
+        "--rounds", type=int, default=None, help="alternating bare/harness rounds (default: 3 on CPU, 1 on GPU)"
+    )
     sc.add_argument("--batch-size", type=int, default=None)
     sc.add_argument("--seq-len", type=int, default=None)
     sc.set_defaults(fn=_selfcheck)

@@ -43,9 +43,13 @@ class RunSummary:
     stopped: str | None = None  # why the suite stopped early (disk full)
     wall_s: float = 0.0
 
-    @property
-    def exit_code(self) -> int:
-        return 130 if self.canceled else 1 if self.stopped else 0
+    def exit_code(self, strict: bool = False) -> int:
+        """130 canceled; 1 stopped, or a cell `failed` / `timeout` (a bug or a hang; with strict: anything but
+        `success`); 0 otherwise: `unsupported` and `oom` are results, not errors."""
+        if self.canceled:
+            return 130
+        bad = {k for k, v in self.counts.items() if v} - ({"success"} if strict else {"success", "unsupported", "oom"})
+        return 1 if self.stopped or bad else 0
 
 
 def select(specs: list[RunSpec], patterns: list[str]) -> list[RunSpec]:

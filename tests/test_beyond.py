@@ -90,9 +90,38 @@ def test_inference_phase_gives_three_figures_and_merged_equals_unmerged(tmp_path
     assert res["status"] == "success", res.get("error")
     m = res["metrics"]
     for variant in ("base", "adapter", "merged"):
-        assert m[f"inference_tokens_per_s_{variant}"] > 0 and m[f"inference_ms_per_token_{variant}"] > 0
+        assert m[f"inference_tokens_per_s_{variant}"] > 0 and m[f"inference_decode_ms_per_token_{variant}"] > 0
+        assert m[f"inference_ttft_ms_{variant}"] > 0
     assert 0 < m["merge_logit_max_abs_diff"] < 1e-4  # a trained adapter, merged: the same model up to rounding
     assert "inference" in res["phases"]
+
+
+def test_deployed_variants_are_the_plain_base_and_a_merged_copy_and_the_merge_changes_logits_a_little():
+    """Against a direct peft computation: a non-zero adapter; the merged copy has no peft layers left; its logits
+    differ from the unmerged model's by more than 0 and less than 1e-4 in fp32; the base copy has no adapter."""
+    from contextlib import nullcontext
+
+    import peft
+    import torch
+
+    from bench.cell.inference import deployed_variants, merge_difference
+    from bench.models.loading import load_model
+
+    model = load_model("tiny-llama", "causal_lm", None, 0).model
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)  # a trained magnitude
+    models, why = deployed_variants(pm)
+    assert why == {} and set(models) == {"base", "adapter", "merged"}
+    for variant in ("base", "merged"):
+        assert not any("lora" in n for n, _ in models[variant].named_modules())
+        assert not hasattr(models[variant], "peft_config")
+    prompt = torch.randint(4, 200, (2, 8))
+    diff = merge_difference(pm, models["merged"], prompt, nullcontext)
+    assert 0 < diff < 1e-4
+    assert merge_difference(pm, models["base"], prompt, nullcontext) > 1e-3  # the base is really without it
 
 
 def test_inference_of_a_soft_prompt_says_why_nothing_merges(tmp_path):
@@ -163,3 +192,37 @@ def test_compare_is_quiet_on_identical_runs_and_fails_on_a_regression(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in faster))
     res = cli("compare", str(FIX), str(path))
     assert res.returncode == 0 and "+20.0%" in res.stdout  # an improvement is shown, not failed
+
+
+def _write(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return str(path)
+
+
+@pytest.mark.parametrize("value, code", [("5%", 1), ("0.05", 1), ("90%", 0), ("5", 2), ("abc", 2), ("-1%", 2)])
+def test_compare_tolerance_is_a_percentage_or_a_fraction(tmp_path, capsys, value, code):
+    from bench.cli import main
+
+    slower = [json.loads(line) for line in FIX.read_text().splitlines()]
+    slower[1]["metrics"]["tokens_per_s"] *= 0.2  # 80% slower: `--tolerance 5` (500%) used to pass it
+    assert main(["compare", str(FIX), _write(tmp_path / "n.jsonl", slower), f"--tolerance={value}"]) == code
+    err = capsys.readouterr().err
+    if code == 2:
+        assert err.startswith("error: --tolerance") and err.count("\n") == 1, err
+
+
+def test_compare_missing_cells_and_changed_specs(tmp_path, capsys):
+    from bench.cli import main
+
+    recs = [json.loads(line) for line in FIX.read_text().splitlines()]
+    fewer = _write(tmp_path / "fewer.jsonl", recs[1:])
+    assert main(["compare", str(FIX), fewer]) == 1 and "not in NEW" in capsys.readouterr().out
+    assert main(["compare", str(FIX), fewer, "--allow-missing"]) == 0
+    base = _write(tmp_path / "base.jsonl", [{**r, "spec_hash": "a" * 16} for r in recs])
+    other = [{**r, "spec_hash": "b" * 16 if i == 0 else "a" * 16} for i, r in enumerate(recs)]  # lr 0.003 -> 0.01
+    other_path = _write(tmp_path / "other.jsonl", other)
+    assert main(["compare", base, other_path]) == 0
+    assert "the cell's spec changed" in capsys.readouterr().out
+    assert main(["compare", base, other_path, "--deterministic"]) == 2
+    assert "another spec" in capsys.readouterr().err
+    assert main(["compare", base, other_path, "--deterministic", "--allow-spec-change"]) == 0

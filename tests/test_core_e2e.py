@@ -130,3 +130,15 @@ def test_local_model_directory_runs_through_from_pretrained(tmp_path):
         "random_weights": False,
         "has_tokenizer": False,
     }
+
+
+def test_run_exit_code_tells_errors_from_results(tmp_path, fault_env):
+    """failed / timeout (a bug, a hang) exit 1; unsupported and oom are results (0); --strict: only success is 0."""
+    crash = make_suite(tmp_path, {"method": ["fault-crash"]}, name="crash")
+    res = cli("run", str(crash), "--out", str(tmp_path / "c"), env=fault_env)
+    assert res.returncode == 1 and "failed 1" in res.stdout
+    oom = make_suite(tmp_path, {"method": ["fault-oom"]}, name="oom")
+    res = cli("run", str(oom), "--out", str(tmp_path / "o"), env=fault_env)
+    assert res.returncode == 0 and "oom 1" in res.stdout
+    res = cli("run", str(oom), "--out", str(tmp_path / "o2"), "--strict", env=fault_env)
+    assert res.returncode == 1

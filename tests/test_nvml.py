@@ -191,3 +191,19 @@ def test_a_cpu_cell_on_a_gpu_host_gets_no_gpu_no_sampling_and_no_fit_check(tmp_p
     assert "device: cpu" in rec["missing_reason"]["train_peak_nvml_process_mib"]
     assert rec["env"]["cuda_visible_devices"] == ""
     assert rec["metrics"]["train_peak_rss_mib"] > 0  # the CPU headline
+
+
+def test_a_fit_check_refusal_is_checked_again_and_no_fit_check_runs_it(tmp_path):
+    fake = {"devices": [{"used_mib": 100, "total_mib": 200, "processes": []}]}
+    path = make_suite(tmp_path, {"method": ["full"]})
+    out = tmp_path / "out"
+    res = cli("run", str(path), "--out", str(out), "--busy-threshold-mib", "1000", env=fake_nvml.env(fake))
+    assert res.returncode == 0, res.stderr
+    first = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert first["status"] == "unsupported" and first["error"]["type"] == "FitCheck"
+    res = cli(
+        "run", str(path), "--out", str(out), "--busy-threshold-mib", "1000", "--no-fit-check", env=fake_nvml.env(fake)
+    )
+    assert res.returncode == 0, res.stderr
+    last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "success" and len((out / "results.jsonl").read_text().splitlines()) == 2

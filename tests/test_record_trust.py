@@ -3,6 +3,7 @@ safe out-dir names, failed saves that keep the measured cell, one checkpoint per
 and a full disk that stops the suite without damage."""
 
 import json
+import os
 
 import pytest
 
@@ -211,7 +212,7 @@ def test_disk_full_stops_the_suite_cleanly_and_resume_continues(tmp_path, monkey
     monkeypatch.setattr(store, "append_record", full_on_first)
     specs = expand(load_suite(path))
     summary = run_specs(specs, RunOptions(out_dir=tmp_path / "out"), progress=lambda s: None)
-    assert summary.exit_code == 1 and "No space left" in summary.stopped and summary.ran == 0
+    assert summary.exit_code() == 1 and "No space left" in summary.stopped and summary.ran == 0
     assert len(calls) == 1  # no cell started after the disk filled up
     assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 1  # what was written before is intact
     monkeypatch.setattr(store, "append_record", real)
@@ -220,3 +221,61 @@ def test_disk_full_stops_the_suite_cleanly_and_resume_continues(tmp_path, monkey
     assert sorted(r["run_id"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")) == sorted(
         s.run_id for s in specs
     )
+
+
+def test_local_files_are_hashed_by_content_not_by_path(tmp_path):
+    """A config.json edited in place, or a teacher retrained into the same folder, reruns its cells."""
+    cfg = tmp_path / "model.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 32,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "vocab_size": 256,
+            }
+        )
+    )
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    (teacher / "model.safetensors").write_bytes(b"x" * 100)
+    matrix = {"model": [str(cfg)], "method": [{"name": "distill", "teacher": str(teacher), "alpha": 0.5}]}
+    path = make_suite(tmp_path, matrix)
+
+    def spec():
+        return expand(load_suite(path))[0]
+
+    old = finished_record(spec())
+    assert resume_todo([spec()], [old], force=False)[0] == []  # nothing changed: nothing reruns
+    cfg.write_text(cfg.read_text().replace("128", "96"))
+    assert resume_todo([spec()], [old], force=False)[0] == [spec()]
+    old = finished_record(spec())
+    (teacher / "model.safetensors").write_bytes(b"x" * 120)  # retrained: other weights
+    assert resume_todo([spec()], [old], force=False)[0] == [spec()]
+    old = finished_record(spec())
+    os.utime(teacher / "model.safetensors", (0, 0))  # a touch is not content
+    assert resume_todo([spec()], [old], force=False)[0] == []
+
+
+def test_the_allocator_is_cleaned_before_the_training_window_opens(tmp_path, monkeypatch):
+    """empty_cache and the peak reset run before the train phase is marked, so early training samples cannot hold
+    eval's cached blocks."""
+    import time
+
+    import bench.cell.steps as steps
+    from bench.trackers.phases import Phase
+
+    train = next(s for s in steps.STEPS if s.phase == Phase.TRAIN)
+    assert train.before is steps.clean_allocator
+    events = {}
+    fake = steps.Step(
+        Phase.TRAIN,
+        lambda c: events.setdefault("run", time.time()),
+        before=lambda c: events.setdefault("before", time.time()),
+    )
+    monkeypatch.setattr(steps, "STEPS", (fake,))
+    span = run_cell_inproc(tmp_path / "c")["phases"]["train"]
+    assert events["before"] <= span["start_unix"] <= events["run"]

@@ -56,7 +56,7 @@ def gone(pid: int, timeout: float = 30) -> bool:
 def test_oom_and_crash_are_recorded_and_the_next_cell_runs(tmp_path, fault_env):
     path = make_suite(tmp_path, {"method": ["fault-oom", "fault-crash", "full"]})
     res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1, res.stderr  # a crash is a bug: the run says so (an oom alone would exit 0)
     oom, crash, ok = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert [oom["status"], crash["status"], ok["status"]] == ["oom", "failed", "success"], res.stdout
     assert "out of memory" in oom["error"]["message"]
@@ -75,7 +75,7 @@ def test_kill_9_mid_training_is_failed_with_signal_and_suite_continues(tmp_path,
     child_pid = int(wait_for(marker))
     os.kill(child_pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 1, err  # a killed cell is failed: exit 1
     recs = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert [r["status"] for r in recs] == ["failed", "success"]
     assert recs[0]["error"]["signal"] == 9 and "SIGKILL" in recs[0]["error"]["message"]
@@ -88,7 +88,7 @@ def test_hang_past_timeout_is_a_timeout_and_its_tree_is_killed(tmp_path, fault_e
         tmp_path, {"method": [{"name": "fault-sleep", "marker": str(marker), "label": "hang"}]}, timeout_s=5
     )
     res = cli("run", str(path), "--out", str(tmp_path / "out"), env=fault_env)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1, res.stderr  # a hang: exit 1
     (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert rec["status"] == "timeout" and "after 5 s" in rec["error"]["message"]
     assert rec["duration_s"] < 30

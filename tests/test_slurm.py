@@ -68,7 +68,7 @@ def test_four_cells_run_as_jobs_and_a_job_slurm_kills_at_its_limit_is_a_timeout(
     path = suite(tmp_path, [hang, *four], time_min=1)
     env = {**fault_env, **slurm}
     res = cli("run", str(path), "--out", str(tmp_path / "out"), env=env, timeout=400)
-    assert res.returncode == 0, res.stderr + res.stdout
+    assert res.returncode == 1, res.stderr + res.stdout  # the timeout: exit 1
     recs = {r["run_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
     statuses = sorted(r["status"] for r in recs.values())
     assert statuses == ["success"] * 4 + ["timeout"], [(k, r["status"], r.get("error")) for k, r in recs.items()]

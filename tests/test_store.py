@@ -84,3 +84,14 @@ def test_second_lock_holder_is_refused_with_the_first_pid(tmp_path):
         holder.wait()
     with store.OutDirLock(tmp_path):  # released when the holder dies
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
+
+
+def test_the_latest_attempt_decides_and_a_fit_check_refusal_is_no_verdict():
+    recs = [
+        {"run_id": "a", "status": "success"},
+        {"run_id": "a", "status": "timeout"},  # a --force rerun that hung: the cell is not finished any more
+        {"run_id": "b", "status": "unsupported", "error": {"type": "FitCheck", "message": "estimated 9 GiB > 1"}},
+        {"run_id": "c", "status": "failed"},
+        {"run_id": "c", "status": "success"},
+    ]
+    assert set(store.finished(recs)) == {"c"}

@@ -170,4 +170,70 @@ def test_every_shipped_suite_loads_and_expands(path, monkeypatch):
         with pytest.raises(SuiteError, match="out/teacher-minilm"):  # step 2 of 2: step 1 writes the teacher
             load_suite(path)
         return
-    assert expand(load_suite(path))
+    specs = expand(load_suite(path))
+    assert specs
+    from bench.plan.checks import config_problems
+
+    problems, _ = config_problems(specs)  # every cell against its model's config (positions, causal mask)
+    assert problems == []
+
+
+def bert_config(tmp_path, **kw):
+    import json
+
+    cfg = {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "vocab_size": 1000,
+        "max_position_embeddings": 64,
+        **kw,
+    }
+    path = tmp_path / "bert.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_seq_len_beyond_absolute_positions_is_refused_at_load_naming_the_limit(tmp_path, capsys):
+    model = bert_config(tmp_path)
+    suite = make_suite(tmp_path, {"model": [model], "method": ["lora"]}, seq_len=128)
+    assert cli_main(["run", str(suite), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "seq_len 128 needs 128 positions" in err and "absolute position embeddings for 64" in err and model in err
+    prompt = make_suite(
+        tmp_path, {"model": [model], "method": [{"name": "prompt", "num_virtual_tokens": 8}]}, name="p", seq_len=60
+    )
+    assert cli_main(["run", str(prompt), "--dry-run"]) == 2
+    assert "seq_len 60 + 8 virtual tokens needs 68 positions" in capsys.readouterr().err
+
+
+def test_rope_models_past_their_positions_get_a_note_not_a_refusal(tmp_path, capsys):
+    suite = make_suite(tmp_path, {"model": ["tiny-llama"], "method": ["lora"]}, seq_len=600, task={"name": "random-lm"})
+    assert cli_main(["run", str(suite), "--dry-run"]) == 0
+    assert "RoPE: allowed" in capsys.readouterr().err
+
+
+def test_a_bidirectional_encoder_is_no_causal_lm(tmp_path, capsys):
+    from bench.models import sources
+
+    assert sources.supported_kinds("minilm-l6") == ("seq_cls",)
+    encoder = make_suite(tmp_path, {"model": [bert_config(tmp_path)], "method": ["lora"]}, task={"name": "reverse"})
+    assert cli_main(["run", str(encoder), "--dry-run"]) == 2
+    assert "bidirectional encoder" in capsys.readouterr().err
+    (tmp_path / "d").mkdir()
+    decoder = make_suite(
+        tmp_path / "d",
+        {"model": [bert_config(tmp_path / "d", is_decoder=True)], "method": ["lora"]},
+        task={"name": "reverse"},
+    )
+    assert cli_main(["run", str(decoder), "--dry-run"]) == 0
+
+
+def test_the_cell_checks_the_config_it_loaded(tmp_path):
+    """What the suite could not check (a hub config offline) the cell refuses: unsupported, with the reason."""
+    from conftest import run_cell_inproc
+
+    res = run_cell_inproc(tmp_path / "cell", model=bert_config(tmp_path), task="reverse", task_options={})
+    assert res["status"] == "unsupported" and "bidirectional encoder" in res["error"]["message"]

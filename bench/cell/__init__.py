@@ -57,6 +57,7 @@ def run_cell(run_dir: Path) -> CellResult:
             if not step.enabled(spec):
                 step.skipped(cell)
                 continue
+            step.before(cell)
             with cell.clock.phase(step.phase):
                 step.run(cell)
         result.status = Status.SUCCESS

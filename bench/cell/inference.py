@@ -1,20 +1,22 @@
-"""What the trained adapter costs at inference (opt-in phase after save): greedy generation tokens/s and per-token
-latency of the base model (adapter disabled), the unmerged adapter, and the merged model where the method can
-merge, plus the largest logit difference between merged and unmerged (a merge must not change the model)."""
+"""What the trained adapter costs at inference, as a user deploys it (opt-in phase after save): greedy generation
+of the base model alone (the adapter removed with peft's `unload()` on a copy, or the model under a soft prompt),
+the unmerged peft model, and a copy merged with `merge_and_unload()`: time to first token (prefill + one token)
+and decode ms per token after it, separately, plus the largest logit difference between merged and unmerged (a
+merge must not change the model; exactly 0 would mean the adapter did nothing)."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Any
 
 from bench.suite.defaults import InferenceOptions
 
-KEYS = [
-    f"inference_{what}_{variant}"
-    for variant in ("base", "adapter", "merged")
-    for what in ("tokens_per_s", "ms_per_token")
-]
+VARIANTS = ("base", "adapter", "merged")
+FIGURES = ("tokens_per_s", "ttft_ms", "decode_ms_per_token")
+KEYS = [f"inference_{what}_{variant}" for variant in VARIANTS for what in FIGURES]
+NOT_MERGEABLE = "nothing to merge: soft prompts and prefixes add no weights, non-peft methods change the model itself"
 
 
 def _sync(device: str) -> None:
@@ -24,24 +26,58 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def generation_speed(
-    model: Any, prompt: Any, opts: InferenceOptions, device: str, autocast: Any
-) -> tuple[float, float]:
-    """(tokens/s, ms per token) of greedy generation of exactly new_tokens, median over repeats after a warm-up."""
+def _timed_generate(model: Any, prompt: Any, new_tokens: int, device: str) -> float:
+    kwargs = dict(do_sample=False, use_cache=True, pad_token_id=0)
+    _sync(device)
+    t0 = time.perf_counter()
+    model.generate(input_ids=prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def generation_speed(model: Any, prompt: Any, opts: InferenceOptions, device: str, autocast: Any) -> dict[str, float]:
+    """tokens/s of the whole generation, time to first token, and decode ms per token after it (medians over
+    repeats, after a warm-up)."""
     import torch
 
-    kwargs = dict(do_sample=False, use_cache=True, pad_token_id=0)
-    times = []
+    first, whole = [], []
     with torch.no_grad(), autocast():
-        model.generate(input_ids=prompt, max_new_tokens=2, min_new_tokens=2, **kwargs)
+        _timed_generate(model, prompt, 2, device)
         for _ in range(opts.repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            model.generate(input_ids=prompt, max_new_tokens=opts.new_tokens, min_new_tokens=opts.new_tokens, **kwargs)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
-    return opts.batch * opts.new_tokens / t, 1000 * t / opts.new_tokens
+            first.append(_timed_generate(model, prompt, 1, device))
+            whole.append(_timed_generate(model, prompt, opts.new_tokens, device))
+    t_first, t_whole = statistics.median(first), statistics.median(whole)
+    decode = (t_whole - t_first) / (opts.new_tokens - 1) if opts.new_tokens > 1 else None
+    return {
+        "tokens_per_s": opts.batch * opts.new_tokens / t_whole,
+        "ttft_ms": 1000 * t_first,
+        "decode_ms_per_token": None if decode is None else 1000 * max(decode, 0.0),
+    }
+
+
+def is_tuner(model: Any) -> bool:
+    """A peft model whose adapter lives in wrapped layers (LoRA, DoRA, IA3, ...): it can be unloaded and merged."""
+    base = getattr(model, "base_model", None)
+    return hasattr(model, "peft_config") and hasattr(base, "merge_and_unload") and hasattr(base, "unload")
+
+
+def deployed_variants(model: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """variant -> the model a user would run; variant -> why it does not exist for this method."""
+    models: dict[str, Any] = {"adapter": model}
+    why: dict[str, str] = {}
+    if is_tuner(model):
+        models["base"] = copy.deepcopy(model).unload()
+        try:
+            models["merged"] = copy.deepcopy(model).merge_and_unload()
+        except (AttributeError, NotImplementedError, ValueError) as exc:
+            why["merged"] = f"the adapter cannot merge: {type(exc).__name__}: {str(exc)[:120]}"
+    elif hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        models["base"] = model.get_base_model()  # prompt learning: the base model is untouched
+        why["merged"] = NOT_MERGEABLE
+    else:
+        why["base"] = "the method changed the model itself: no separate base to run"
+        why["merged"] = NOT_MERGEABLE
+    return models, why
 
 
 def run_inference(
@@ -55,48 +91,34 @@ def run_inference(
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(4, model.config.vocab_size, (opts.batch, opts.prompt_len), generator=gen).to(device)
     model.eval()
-    metrics, missing = {}, {}
-
-    def record(variant: str) -> None:
-        tps, ms = generation_speed(model, prompt, opts, device, autocast)
-        metrics[f"inference_tokens_per_s_{variant}"], metrics[f"inference_ms_per_token_{variant}"] = tps, ms
-
-    record("adapter")
-    if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
-        with model.disable_adapter():
-            record("base")
-    else:
-        _missing(metrics, missing, "base", "the method changed the model itself: no separate base to disable")
-    _merged(model, prompt, autocast, record, metrics, missing)
+    models, why = deployed_variants(model)
+    metrics: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for variant in VARIANTS:
+        if variant in why:
+            _missing(metrics, missing, variant, why[variant])
+            continue
+        models[variant].eval()
+        for what, value in generation_speed(models[variant], prompt, opts, device, autocast).items():
+            metrics[f"inference_{what}_{variant}"] = value
+            if value is None:
+                missing[f"inference_{what}_{variant}"] = "new_tokens is 1: no token after the first"
+    if "merged" in models:
+        metrics["merge_logit_max_abs_diff"] = merge_difference(model, models["merged"], prompt, autocast)
     return metrics, missing
 
 
-def _merged(model: Any, prompt: Any, autocast: Any, record: Any, metrics: dict, missing: dict) -> None:
+def merge_difference(unmerged: Any, merged: Any, prompt: Any, autocast: Any) -> float:
     import torch
 
-    if not hasattr(model, "merge_adapter"):
-        _missing(
-            metrics,
-            missing,
-            "merged",
-            "nothing to merge: soft prompts and prefixes add no weights, non-peft methods change the model itself",
-        )
-        return
     with torch.no_grad(), autocast():
-        unmerged = model(input_ids=prompt).logits.float()
-        try:
-            model.merge_adapter()
-        except (AttributeError, NotImplementedError, ValueError) as exc:
-            _missing(metrics, missing, "merged", f"the adapter cannot merge: {type(exc).__name__}: {str(exc)[:120]}")
-            return
-        merged = model(input_ids=prompt).logits.float()
-    metrics["merge_logit_max_abs_diff"] = float((merged - unmerged).abs().max())
-    record("merged")
-    model.unmerge_adapter()
+        a = unmerged(input_ids=prompt).logits.float()
+        b = merged(input_ids=prompt).logits.float()
+    return float((a - b).abs().max())
 
 
 def _missing(metrics: dict, missing: dict, variant: str, why: str) -> None:
-    for what in ("tokens_per_s", "ms_per_token"):
+    for what in FIGURES:
         metrics[f"inference_{what}_{variant}"] = None
         missing[f"inference_{what}_{variant}"] = why
     if variant == "merged":

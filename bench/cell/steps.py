@@ -124,6 +124,20 @@ def phase_load(c: Cell) -> None:
     )
     c.model, c.tokenizer = loaded.model, loaded.tokenizer
     c.result.model_info = loaded.info
+    check_limits(c)
+
+
+def check_limits(c: Cell) -> None:
+    """The loaded config against the cell (the suite was checked before the run where the config was readable)."""
+    from bench.models.limits import position_note
+    from bench.plan.checks import cell_tokens, spec_problems
+
+    problems = [p for p in spec_problems(c.spec, c.task_cls.model_kind, c.model.config) if p]
+    if problems:
+        raise Unsupported("; ".join(problems))
+    tokens, what = cell_tokens(c.spec)
+    if note := position_note(c.model.config, tokens, what):
+        c.result.notes.append(note)
 
 
 def phase_data(c: Cell) -> None:
@@ -249,9 +263,6 @@ def phase_train(c: Cell) -> None:
     from bench.cell.measure import flops_per_token, utilisation
     from bench.cell.train import throughput_metrics, train
 
-    if c.device == "cuda":  # the training window starts from a clean allocator: eval buffers are not its peak
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     stats = train(c.model, c.task, c.spec, c.method, c.precision, c.device, c.clock)
     if c.device == "cuda":
         c.metrics["torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -271,6 +282,17 @@ def phase_train(c: Cell) -> None:
     c.metrics.update(c.method.metrics(stats.all_steps_s))
     c.result.loss_curve = stats.losses
     c.result.step_times_s = stats.step_times_s
+
+
+def clean_allocator(c: Cell) -> None:
+    """Before the training phase is marked: eval's cached blocks released and torch's peaks reset, so neither the
+    NVML window nor torch's peak of training starts holding them."""
+    if c.device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def phase_eval_after(c: Cell) -> None:
@@ -342,6 +364,7 @@ class Step:
     run: Callable[[Cell], None]
     enabled: Callable[[RunSpec], bool] = _always  # False: the step is skipped for this cell
     skipped: Callable[[Cell], None] = _nothing  # what a skipped step records (the reasons its figures are null)
+    before: Callable[[Cell], None] = _nothing  # runs before the phase is marked (not part of its window)
 
 
 STEPS: tuple[Step, ...] = (
@@ -350,7 +373,7 @@ STEPS: tuple[Step, ...] = (
     Step(Phase.DATA, phase_data),
     Step(Phase.APPLY, phase_apply),
     Step(Phase.EVAL_BEFORE, phase_eval_before, lambda spec: spec.eval_before, skip_eval_before),
-    Step(Phase.TRAIN, phase_train),
+    Step(Phase.TRAIN, phase_train, before=clean_allocator),
     Step(Phase.EVAL_AFTER, phase_eval_after),
     Step(Phase.SAVE, phase_save, lambda spec: spec.save_checkpoint, skip_save),
     Step(Phase.INFERENCE, phase_inference, lambda spec: bool(spec.inference)),

@@ -170,6 +170,7 @@ THROUGHPUT_KEYS = (
     "step_time_p50_s",
     "step_time_p90_s",
     "step_time_mean_s",
+    "step_time_spread",
 )
 
 
@@ -195,4 +196,5 @@ def throughput_metrics(stats: TrainStats) -> tuple[dict[str, Any], dict[str, str
         "step_time_p50_s": percentile(stats.step_times_s, 50),
         "step_time_p90_s": percentile(stats.step_times_s, 90),
         "step_time_mean_s": total / len(stats.step_times_s),
+        "step_time_spread": percentile(stats.step_times_s, 90) / max(percentile(stats.step_times_s, 50), 1e-12),
     }, {}

@@ -12,7 +12,7 @@ from bench.execution.gpus import GpuSlot, GpuWatch, inherited_visible_devices, r
 from bench.execution.launchers import make_launcher, resolve_launcher
 from bench.execution.scheduler import execute
 from bench.execution.supervise import CellJob, supervise_cell
-from bench.results.record import CellExit, Record, Status, build_record
+from bench.results.record import FIT_CHECK_ERROR, CellExit, Record, Status, build_record
 from bench.suite.spec import RunSpec
 from bench.trackers import nvml
 
@@ -46,7 +46,9 @@ class FitCheck:
             f"{free / 1024:.1f} GiB free on GPU {slot.index}; --no-fit-check runs it anyway"
         )
         parent = {"metrics": est.as_metrics(), "run_dir": str(ctx.out.run(spec.run_id).path), "gpu_index": slot.index}
-        return build_record(spec, None, CellExit(None, Status.UNSUPPORTED, why), parent)
+        rec = build_record(spec, None, CellExit(None, Status.UNSUPPORTED, why), parent)
+        rec.error = {"type": FIT_CHECK_ERROR, "message": why}  # not a verdict on the cell: checked again next run
+        return rec
 
 
 class LocalExecutor:

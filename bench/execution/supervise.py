@@ -24,6 +24,7 @@ from bench.results.record import CellExit, Record, Status, build_record
 from bench.results.rundir import RunDir
 from bench.suite.spec import RunSpec
 from bench.trackers import Measured, Tracker, nvml
+from bench.trackers.cpu_load import CpuLoadTracker, noise_verdict
 from bench.trackers.phases import read_marks
 from bench.trackers.rss import RssTracker
 
@@ -181,7 +182,8 @@ def make_trackers(job: CellJob) -> list[Tracker]:
     """What the supervisor measures from outside the cell: its GPU through NVML (nulls with the reason without
     one) and its process tree's resident memory."""
     index = job.slot.index if job.slot else 0
-    return [nvml.NvmlTracker(job.backend, index, job.nvml_interval_s, job.nvml_reason), RssTracker()]
+    nvml_tracker = nvml.NvmlTracker(job.backend, index, job.nvml_interval_s, job.nvml_reason)
+    return [nvml_tracker, RssTracker(), CpuLoadTracker()]
 
 
 def parent_view(job: CellJob, trackers: list[Tracker], child: CellResult | None, ended: float) -> dict[str, Any]:
@@ -194,6 +196,12 @@ def parent_view(job: CellJob, trackers: list[Tracker], child: CellResult | None,
     for tracker in trackers:
         measured.merge(tracker.attribute(phases, timed_tokens))
     measured.metrics.update(job.metrics)
+    noisy, why = noise_verdict({**(child.metrics if child else {}), **measured.metrics})
+    measured.metrics["noisy"] = noisy
+    if noisy is None:
+        measured.missing["noisy"] = why
+    elif noisy:
+        measured.notes.append(why)
     env = dict(job.env_parent)
     if job.slot is not None:
         env.update(nvml_gpu_name=job.slot.name, nvml_gpu_uuid=job.slot.uuid)

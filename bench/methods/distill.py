@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.errors import Unsupported
 from bench.methods.base import Method, MethodConfig, MethodContext
@@ -23,6 +23,7 @@ from bench.results.metrics import MetricSpec
 
 @dataclass
 class DistillOptions(MethodConfig):
+    content_fields: ClassVar[tuple[str, ...]] = ("teacher",)
     teacher: str = ""
     teacher_options: dict[str, Any] = field(default_factory=dict)  # model options of the teacher (e.g. weights)
     temperature: float = 2.0

@@ -14,6 +14,7 @@ from bench.options import suggest
 
 KINDS = ("causal_lm", "seq_cls")
 CACHED = {"minilm-l6": assets.minilm_dir}
+CACHED_KINDS = {"minilm-l6": ("seq_cls",)}  # a BERT encoder: no causal mask, so no causal-LM cells
 NAMED = sorted([*CONFIGS, *CACHED])
 WEIGHTS = ("pretrained", "random")
 MODEL_OPTIONS = ("trust_remote_code", "revision", "weights")
@@ -65,4 +66,4 @@ def resolve_source(name: str, options: dict[str, Any] | None = None) -> ModelSou
 
 
 def supported_kinds(name: str) -> tuple[str, ...]:
-    return CONFIG_KINDS.get(name, KINDS)
+    return CONFIG_KINDS.get(name) or CACHED_KINDS.get(name, KINDS)

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.frame import memory_column, read_export, records_to_frame
-from bench.report.markdown import escape, fmt_num
+from bench.report.markdown import escape, fmt_num, is_true
 
 
 @dataclass
@@ -48,15 +48,53 @@ def _num(x: Any) -> float:
         return math.nan
 
 
-def moves(old: pd.DataFrame, new: pd.DataFrame, tolerance: float | None, score_tolerance: float) -> list[Move]:
-    """Every figure that moved beyond tolerance, cell by cell (`tolerance` None: memory and tokens/s left out)."""
+class BadArgument(ValueError):
+    pass
+
+
+def parse_tolerance(text: str) -> float:
+    """`5%` or `0.05` -> 0.05; a bare number above 1 (`5`: 500%?) and anything else are errors."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise BadArgument(f"--tolerance {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
+    if not raw.endswith("%") and value > 1:
+        raise BadArgument(f"--tolerance {text!r}: a bare number is a fraction (0.05 = 5%); for {value:g}% write {raw}%")
+    if not math.isfinite(value) or value < 0:
+        raise BadArgument(f"--tolerance {text!r}: must be a finite value >= 0")
+    return value
+
+
+def _hash(x: Any) -> str | None:
+    return x if isinstance(x, str) and x else None
+
+
+def spec_changes(old: pd.DataFrame, new: pd.DataFrame) -> list[Move]:
+    """Cells whose spec differs (by spec_hash; exports without the column are not checked)."""
+    if "spec_hash" not in old or "spec_hash" not in new:
+        return []
+    new_hash = {r["run_id"]: _hash(r["spec_hash"]) for _, r in new.iterrows()}
+    out = []
+    for _, o in old.iterrows():
+        a, b = _hash(o["spec_hash"]), new_hash.get(o["run_id"])
+        if a and b and a != b:
+            out.append(Move(o["run_id"], "spec", a, b, "the cell's spec changed", False))
+    return out
+
+
+def moves(
+    old: pd.DataFrame, new: pd.DataFrame, tolerance: float | None, score_tolerance: float, allow_missing: bool = False
+) -> list[Move]:
+    """Every figure that moved beyond tolerance, cell by cell (`tolerance` None: memory and tokens/s left out).
+    A cell of OLD missing from NEW is a regression unless `allow_missing`."""
     out: list[Move] = []
     mem = memory_column(pd.concat([old, new]))
     new_by_id = {r["run_id"]: r for _, r in new.iterrows()}
     for _, o in old.iterrows():
         n = new_by_id.get(o["run_id"])
         if n is None:
-            out.append(Move(o["run_id"], "cell", o["status"], "missing", "not in NEW", False))
+            out.append(Move(o["run_id"], "cell", o["status"], "missing", "not in NEW", not allow_missing))
             continue
         if o["status"] == "success" and n["status"] != "success":
             out.append(Move(o["run_id"], "status", "success", n["status"], "no longer succeeds", True))
@@ -73,7 +111,21 @@ def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float | None, score
         a, b = _num(o[col]), _num(n[col])
         if not (math.isnan(a) and math.isnan(b)) and a != b:
             out.append(Move(o["run_id"], col, a, b, f"{b - a:+,.0f}", True))
+    noisy = [side for side, r in (("OLD", o), ("NEW", n)) if is_true(r.get("noisy"))]
+    if noisy and tol is not None:
+        out.append(
+            Move(
+                o["run_id"],
+                "tokens_per_s",
+                _num(o["tokens_per_s"]),
+                _num(n["tokens_per_s"]),
+                f"not compared: noisy timing in {' and '.join(noisy)}",
+                False,
+            )
+        )
     for col, worse_if_up in ((mem, True), ("tokens_per_s", False)) if tol is not None else ():
+        if col == "tokens_per_s" and noisy:
+            continue
         a, b = _num(o[col]), _num(n[col])
         if math.isnan(a) or math.isnan(b) or a == 0:
             continue
@@ -111,14 +163,25 @@ def _fmt(x: Any) -> str:
 
 
 def main(args: Any) -> int:
+    try:
+        tolerance = None if args.deterministic else parse_tolerance(args.tolerance)
+    except BadArgument as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     old, new = load_frame(args.old), load_frame(args.new)
     if old.empty or new.empty:
         print(f"error: no records in {args.old if old.empty else args.new}", file=sys.stderr)
         return 2
-    text = str(args.tolerance)
+    changed = spec_changes(old, new)
+    if changed and args.deterministic and not args.allow_spec_change:
+        print(
+            f"error: {len(changed)} cell(s) have another spec in NEW (e.g. {changed[0].run_id}): a deterministic "
+            "comparison of different work means nothing; --allow-spec-change compares them anyway",
+            file=sys.stderr,
+        )
+        return 2
     # --deterministic: memory and tokens/s depend on the machine, so they are not compared at all
-    tolerance = None if args.deterministic else float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    found = moves(old, new, tolerance, args.score_tolerance)
+    found = changed + moves(old, new, tolerance, args.score_tolerance, args.allow_missing)
     print(to_markdown(found, args.old, args.new, tolerance, args.score_tolerance))
     regressions = [m for m in found if m.regression]
     if regressions:

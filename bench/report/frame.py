@@ -34,6 +34,10 @@ METRICS = [
     "samples_per_s",
     "step_time_p50_s",
     "step_time_p90_s",
+    "step_time_spread",
+    "other_cpu_share",
+    "load_avg_1m",
+    "noisy",
     "mfu",
     "hfu",
     "checkpoint_bytes",
@@ -94,6 +98,7 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
             "emulated": bool(_info(rec, "dtypes", "emulated") or env.get("emulated_precision")),
             "started_at": rec.get("started_at"),
             "suite_hash": spec.get("suite_hash"),
+            "spec_hash": rec.get("spec_hash"),
         }
     )
     row.update({k: env.get(k) if k not in ("torch", "transformers", "peft") else packages.get(k) for k in ENV})
@@ -121,6 +126,7 @@ TEXT_COLUMNS = [
     "metric",
     "started_at",
     "suite_hash",
+    "spec_hash",
     *ENV,
 ]
 
@@ -129,8 +135,11 @@ def read_export(path: str | Path) -> pd.DataFrame:
     """Read back a CSV or JSON export written by `report` into the same DataFrame."""
     path = Path(path)
     if path.suffix == ".json":
-        return pd.read_json(path, orient="records", dtype=False)  # JSON keeps its own types
-    return pd.read_csv(path, dtype={c: object for c in TEXT_COLUMNS})
+        df = pd.read_json(path, orient="records", dtype=False)  # JSON keeps its own types
+    else:
+        df = pd.read_csv(path, dtype={c: object for c in TEXT_COLUMNS})
+    columns = list(flatten({"run_id": ""}).keys())  # an export older than a column: that column is unknown (NaN)
+    return df.reindex(columns=[*columns, *[c for c in df.columns if c not in columns]])
 
 
 MEMORY_COLUMNS = (

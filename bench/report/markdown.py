@@ -53,6 +53,10 @@ def fmt_delta(x: Any) -> str:
     return "-" if _missing(x) else f"{'+' if x >= 0 else ''}{fmt_num(x)}"
 
 
+def is_true(x: Any) -> bool:
+    return x is True or (isinstance(x, str) and x.lower() == "true") or (isinstance(x, (int, float)) and x == 1)
+
+
 def escape(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -119,7 +123,8 @@ def group_table(df: pd.DataFrame) -> str:
         )
         status = escape(r["status"]) if r["status"] == "success" else f"**{escape(r['status'])}**"
         row = [escape(r["method_label"]), *[_axis_text(r, c) for c in vary], status, _cell(r, trainable)]
-        row += [_memory_text(r, mem), _cell(r, fmt_num(r["tokens_per_s"])), _cell(r, fmt_num(r["step_time_p50_s"]))]
+        speed = fmt_num(r["tokens_per_s"]) + (" (noisy)" if is_true(r.get("noisy")) else "")
+        row += [_memory_text(r, mem), _cell(r, speed), _cell(r, fmt_num(r["step_time_p50_s"]))]
         row += [_cell(r, fmt_num(r["energy_per_token_j"]))] if has_energy else []
         row += [estimate_text(r)] if has_estimate else []
         row += [
@@ -188,7 +193,9 @@ FOOTNOTES = [
     "just before the cell stands in. Older records: the device's peak over the whole cell. Without a GPU: the "
     "process tree's peak RSS during training (includes the Python and library baseline).",
     "tokens/s: real (non-padding) tokens of the timed steps divided by their time; warm-up steps excluded; GPU "
-    "clocks read after torch.cuda.synchronize(). step p50: median optimizer-step time.",
+    'clocks read after torch.cuda.synchronize(). step p50: median optimizer-step time. "(noisy)": other '
+    "processes took more than 15% of the machine's CPU during the timed steps, or step p90/p50 > 1.5; the "
+    "record's notes give the figures, and speed ratios against it mean little.",
     "J/token (train): NVML energy during the timed steps / their tokens (whole-cell energy is `energy_j` in the "
     "records).",
     "est. / measured: the memory estimate made from the config and method before training (bench/plan/memory.py) "

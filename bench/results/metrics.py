@@ -94,6 +94,14 @@ CORE: tuple[MetricSpec, ...] = (
        label="MFU", group="utilisation"),
     _m("hfu", "hardware_flops_per_token x tokens/s / the same peak", direction=HIGHER, label="HFU",
        group="utilisation"),
+    # machine noise (bench/trackers/cpu_load.py)
+    _m("step_time_spread", "step_time_p90_s / step_time_p50_s of the timed steps", label="step p90/p50",
+       group="noise"),
+    _m("other_cpu_share", "share of the machine's CPU cores other processes used during the timed steps (the "
+       "supervisor included)", label="others' CPU", group="noise"),
+    _m("load_avg_1m", "the machine's 1-minute load average when the cell ended", label="load avg", group="noise"),
+    _m("noisy", "true when other_cpu_share > 15% or step p90/p50 > 1.5 (5+ timed steps): speed figures not "
+       "comparable; the record's notes give the figures", label="noisy", group="noise"),
     # memory
     _m("train_peak_nvml_process_mib", "HEADLINE memory: peak NVML memory of the cell's process tree during "
        "training", "MiB", direction=LOWER, label="train peak MiB (process tree; torch alloc)",
@@ -161,20 +169,28 @@ CORE: tuple[MetricSpec, ...] = (
     _m("forgetting_delta", "general_loss_after - general_loss_before", direction=LOWER, label="forgetting Δ",
        group="score"),
     # inference phase (opt-in, bench/cell/inference.py)
-    _m("inference_tokens_per_s_base", "greedy generation tokens/s of the base model (adapter disabled)",
-       "tokens/s", direction=HIGHER, label="base tokens/s", group="inference"),
-    _m("inference_tokens_per_s_adapter", "the same with the trained adapter, unmerged", "tokens/s",
+    _m("inference_tokens_per_s_base", "greedy generation tokens/s of the base model alone (the adapter removed with "
+       "peft's unload() on a copy; under a soft prompt the untouched base)", "tokens/s", direction=HIGHER,
+       label="base tokens/s", group="inference"),
+    _m("inference_tokens_per_s_adapter", "the same with the trained adapter, unmerged (the peft model)", "tokens/s",
        direction=HIGHER, label="adapter tokens/s", group="inference"),
-    _m("inference_tokens_per_s_merged", "the same with the adapter merged into the weights", "tokens/s",
+    _m("inference_tokens_per_s_merged", "the same for a copy merged with merge_and_unload()", "tokens/s",
        direction=HIGHER, label="merged tokens/s", group="inference"),
-    _m("inference_ms_per_token_base", "generation latency per new token, base model", "ms", direction=LOWER,
-       label="base ms/token", group="inference"),
-    _m("inference_ms_per_token_adapter", "the same, unmerged adapter", "ms", direction=LOWER,
-       label="adapter ms/token", group="inference"),
-    _m("inference_ms_per_token_merged", "the same, merged adapter", "ms", direction=LOWER,
-       label="merged ms/token", group="inference"),
-    _m("merge_logit_max_abs_diff", "largest |logit| difference between merged and unmerged on the inference "
-       "prompt", label="merge |Δ logit| max", group="inference"),
+    _m("inference_ttft_ms_base", "time to first token (prefill + one token), base model", "ms", direction=LOWER,
+       label="base TTFT ms", group="inference"),
+    _m("inference_decode_ms_per_token_base", "decode latency per token after the first, base model", "ms",
+       direction=LOWER, label="base decode ms/token", group="inference"),
+    _m("inference_ttft_ms_adapter", "time to first token (prefill + one token), unmerged adapter", "ms",
+       direction=LOWER, label="adapter TTFT ms", group="inference"),
+    _m("inference_decode_ms_per_token_adapter", "decode latency per token after the first, unmerged adapter", "ms",
+       direction=LOWER, label="adapter decode ms/token", group="inference"),
+    _m("inference_ttft_ms_merged", "time to first token (prefill + one token), merged copy", "ms", direction=LOWER,
+       label="merged TTFT ms", group="inference"),
+    _m("inference_decode_ms_per_token_merged", "decode latency per token after the first, merged copy", "ms",
+       direction=LOWER, label="merged decode ms/token", group="inference"),
+    _m("merge_logit_max_abs_diff", "largest |logit| difference between the merged copy and the unmerged peft model "
+       "on the inference prompt (0 exactly: the adapter changes nothing)", label="merge |Δ logit| max",
+       group="inference"),
 )  # fmt: skip
 # task metrics appear with the suffixes _before / _after (e.g. accuracy_after, macro_f1_before)
 PATTERNS: dict[str, str] = {

@@ -15,6 +15,8 @@ from bench.errors import looks_like_oom
 from bench.results.cell_result import CellResult, Status
 from bench.results.metrics import CORE, MetricSpec
 
+FIT_CHECK_ERROR = "FitCheck"  # error.type of an `unsupported` record the GPU fit check made without running the cell
+
 
 class CellSpec(Protocol):
     """What a record needs of the cell's spec (bench.suite.spec.RunSpec is one)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results.cell_result import FINAL
-from bench.results.record import Record
+from bench.results.record import FIT_CHECK_ERROR, Record
 from bench.results.rundir import RESULTS
 
 
@@ -100,8 +100,14 @@ def latest_by_run_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
 
 
 def finished(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """run_id -> the latest record with a final verdict (success / unsupported)."""
-    return {r["run_id"]: r for r in records if r.get("status") in FINAL}
+    """run_id -> its latest record, where that latest attempt is a final verdict (success / unsupported). The
+    latest attempt decides: a success followed by a timeout is not finished. A fit-check refusal is no verdict
+    on the cell (the GPU's free memory, or --no-fit-check, may differ next run): it is checked again."""
+    return {
+        run_id: r
+        for run_id, r in latest_by_run_id(records).items()
+        if r.get("status") in FINAL and (r.get("error") or {}).get("type") != FIT_CHECK_ERROR
+    }
 
 
 def record_spec_hash(rec: dict[str, Any]) -> str | None:

@@ -10,6 +10,7 @@ On a GPU it exits 1 below target; on a CPU it reports without failing (shared-co
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from bench.suite.spec import RunSpec
 BARELOOP = Path(__file__).with_name("bareloop.py")  # run as a script: the bare process imports no bench code
 STEP_TARGET, MEMORY_TARGET_PCT = 0.95, 5.0
 GPU_DEFAULTS = {"model": "llama-1b-shape", "precision": "bf16", "steps": 16, "batch_size": 8, "seq_len": 1024}
-CPU_DEFAULTS = {"model": "tiny-llama", "precision": "fp32", "steps": 40, "batch_size": 8, "seq_len": 64}
+CPU_DEFAULTS = {"model": "tiny-llama", "precision": "fp32", "steps": 40, "batch_size": 8, "seq_len": 64, "rounds": 3}
 METHODS = {"lora": {"r": 16, "alpha": 32}, "ia3": {}, "full": {}}
 
 
@@ -62,6 +63,7 @@ def bare_job(spec: RunSpec) -> dict[str, Any]:
         "warmup_steps": spec.warmup_steps,
         "lr": spec.lr,
         "device": spec.device,
+        "cuda_alloc_conf": spec.cuda_alloc_conf,  # the same allocator setting the harness gives its cells
     }
 
 
@@ -71,10 +73,14 @@ def run_bare(spec: RunSpec, backend: Any = None) -> dict[str, Any]:
 
     sampler = nvml.Sampler(backend, 0)
     sampler.take_baseline()
+    env = dict(os.environ)
+    if spec.device == "cuda" and spec.cuda_alloc_conf:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = spec.cuda_alloc_conf
     proc = subprocess.Popen(
         [sys.executable, str(BARELOOP), json.dumps(bare_job(spec))],
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     )
     sampler.start(proc.pid)
     out, _ = proc.communicate(timeout=spec.timeout_s)
@@ -144,8 +150,12 @@ def selfcheck(out: Path, methods: list[str], settings: dict[str, Any], device: s
             settings["seq_len"],
             device,
         )
-        bare = run_bare(spec, backend if device == "cuda" else None)
-        rows[method] = compare(bare, run_harness(spec, out / method))
+        rounds = []
+        for i in range(settings.get("rounds", 1)):  # alternating: a drift of the machine hits both sides alike
+            bare = run_bare(spec, backend if device == "cuda" else None)
+            rounds.append(compare(bare, run_harness(spec, out / method / f"round{i}")))
+        rows[method] = {**rounds[-1], "step_ratio": statistics.median(r["step_ratio"] for r in rounds)}
+        rows[method]["round_step_ratios"] = [r["step_ratio"] for r in rounds]
     return {"device": device, **settings, "nvml": reason or "ok", "methods": rows}
 
 
@@ -174,7 +184,7 @@ def main(args: Any) -> int:
 
     device = "cuda" if nvml.open_backend()[0] is not None else "cpu"
     settings = dict(GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS)
-    for key in ("model", "precision", "steps", "batch_size", "seq_len"):
+    for key in ("model", "precision", "steps", "batch_size", "seq_len", "rounds"):
         if getattr(args, key, None) is not None:
             settings[key] = getattr(args, key)
     methods = args.methods.split(",") if args.methods else (list(METHODS) if device == "cuda" else ["lora"])

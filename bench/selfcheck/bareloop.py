@@ -52,6 +52,18 @@ def run(job: dict) -> dict:
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["precision"])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model.train()
+    if half is not None and job["method"] != "full":  # peft's own switch, as the harness uses it under autocast
+        from peft.helpers import disable_input_dtype_casting
+
+        with disable_input_dtype_casting(model):
+            return _loop(job, model, batches, opt, half, sync)
+    return _loop(job, model, batches, opt, half, sync)
+
+
+def _loop(job: dict, model: object, batches: list, opt: object, half: object, sync: object) -> dict:
+    import torch
+
+    device = job["device"]
     times, marks = [], {}
     for step in range(job["steps"]):
         ids = batches[step % len(batches)]

@@ -12,6 +12,7 @@ from bench.errors import SuiteError
 from bench.models import sources
 from bench.models.precision import QUANTIZED
 from bench.suite.defaults import BY_KEY, ENTRY_OVERRIDES
+from bench.suite.fingerprint import content_of
 from bench.suite.spec import ALL_AXES, RunSpec, method_label
 from bench.suite.validate import check_axis_entry
 
@@ -100,6 +101,16 @@ def to_spec(suite: Any, cell: dict[str, Any]) -> RunSpec:
         task_options=plugin_options(task),
         method_options=plugin_options(method),
         method_label=method.get("label") or method_label(method["name"], plugin_options(method)),
+        content=content_of(
+            model["name"],
+            {
+                "task_options": (plugin_options(task), registry.load_task(task["name"]).config_cls.content_fields),
+                "method_options": (
+                    plugin_options(method),
+                    registry.load_method(method["name"]).config_cls.content_fields,
+                ),
+            },
+        ),
         suite_hash=suite.content_hash,
         **{k: v for k, v in training.items() if k != "seed"},
     )

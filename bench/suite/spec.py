@@ -54,6 +54,7 @@ class RunSpec:
     method_options: dict[str, Any] = field(default_factory=dict)
     method_label: str = ""
     suite_hash: str = ""
+    content: dict[str, str] = field(default_factory=dict)  # local file/dir -> fingerprint (bench/suite/fingerprint)
 
     @property
     def micro_batch(self) -> int:
@@ -78,6 +79,8 @@ class RunSpec:
     def spec_hash(self) -> str:
         """Hash of every resolved value that changes what the cell measures (not of the suite file's text)."""
         data = {k: v for k, v in asdict(self).items() if k not in NOT_HASHED}
+        if not data["content"]:  # no local files: the hash of specs written before the field stays the same
+            del data["content"]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

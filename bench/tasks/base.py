@@ -34,6 +34,10 @@ Autocast = Callable[[], AbstractContextManager[Any]]
 class TaskConfig:
     """Base for task options; subclasses add typed fields settable from the suite."""
 
+    # fields naming local input files or directories (a teacher checkpoint, a data file): their content, not their
+    # path string, goes into the cell's spec hash (bench/suite/fingerprint.py)
+    content_fields: ClassVar[tuple[str, ...]] = ()
+
 
 @dataclass(frozen=True, kw_only=True)
 class TaskContext:
