@@ -12,6 +12,14 @@ class Unsupported(Exception):
     """This cell cannot run as labelled here (hardware, model or method limits); recorded as `unsupported`."""
 
 
+class Diverged(RuntimeError):
+    """The training loss became non-finite: the cell is `failed`; `losses` keeps the curve up to that step."""
+
+    def __init__(self, step: int, value: float, losses: list[float]):
+        self.step, self.value, self.losses = step, value, list(losses)
+        super().__init__(f"Diverged: loss {value} at step {step} (lower the lr, or check the data)")
+
+
 class SuiteError(ValueError):
     """A suite or CLI input is invalid; `problems` holds one line per problem."""
 

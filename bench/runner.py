@@ -185,6 +185,10 @@ def progress_line(i: int, n: int, rec: Record, eta_s: float) -> str:
         ]
         if m.get("train_peak_nvml_process_mib") is not None:
             parts.append(f"train peak {m['train_peak_nvml_process_mib']:,.0f} MiB")
+        if (rec.checkpoint or {}).get("error"):
+            parts.append("CHECKPOINT NOT SAVED (rerun retries it)")
+        if m.get("noisy"):
+            parts.append("noisy timing")
     elif rec.error:
         parts.append(str(rec.error.get("message", ""))[:100].replace("\n", " "))
     parts += [f"{rec.duration_s or 0.0:.1f}s", f"ETA {int(eta_s // 60)}:{int(eta_s % 60):02d}"]

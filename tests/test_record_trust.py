@@ -16,7 +16,7 @@ from bench.results.rundir import RunDir
 from bench.runner import RunOptions, resume_todo, run_specs
 from bench.suite.load import expand, load_suite
 from bench.suite.spec import RunSpec
-from conftest import SPEC_BASE, make_suite, read_jsonl, run_cell_inproc
+from conftest import SPEC_BASE, cli, make_suite, read_jsonl, run_cell_inproc
 
 SPEC = RunSpec.from_dict(SPEC_BASE)
 OK = {"status": "success", "metrics": {"tokens_per_s": 10.0}, "timings": {"time_train_s": 1.0}, "child_pid": 42}
@@ -279,3 +279,15 @@ def test_the_allocator_is_cleaned_before_the_training_window_opens(tmp_path, mon
     monkeypatch.setattr(steps, "STEPS", (fake,))
     span = run_cell_inproc(tmp_path / "c")["phases"]["train"]
     assert events["before"] <= span["start_unix"] <= events["run"]
+
+
+def test_a_failed_save_is_shown_and_retried(tmp_path, fault_env):
+    from bench import report
+
+    path = make_suite(tmp_path, {"method": ["fault-badsave"]})
+    out = tmp_path / "out"
+    first = cli("run", str(path), "--out", str(out), env=fault_env)
+    assert first.returncode == 0 and "CHECKPOINT NOT SAVED" in first.stdout, first.stdout + first.stderr
+    assert "**not saved**" in report.to_markdown(report.load(out))
+    cli("run", str(path), "--out", str(out), env=fault_env)
+    assert len(read_jsonl(out / "results.jsonl")) == 2  # retried, not skipped

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.errors import Unsupported, looks_like_oom
+from bench.errors import Diverged, Unsupported, looks_like_oom
 from bench.results.cell_result import CellResult, Status
 from bench.results.rundir import RunDir
 from bench.suite.spec import RunSpec
@@ -72,6 +72,8 @@ def _classify(result: CellResult, exc: BaseException) -> None:
         result.status = Status.UNSUPPORTED
         result.error = {"type": "Unsupported", "message": str(exc)}
         return
+    if isinstance(exc, Diverged):
+        result.loss_curve = exc.losses
     text = f"{type(exc).__name__}: {exc}"
     oom = looks_like_oom(text)
     result.status = Status.CANCELED if isinstance(exc, KeyboardInterrupt) else Status.OOM if oom else Status.FAILED

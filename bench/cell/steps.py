@@ -329,6 +329,7 @@ def phase_save(c: Cell) -> None:
         why = f"checkpoint save failed: {type(exc).__name__}: {str(exc)[:300]}"
         c.result.checkpoint = {"error": why}
         c.set_missing(CHECKPOINT_METRICS, why)
+        c.result.notes.append(f"{why}; a rerun retries this cell")
         return
     summary = checkpoint_summary(ckpt)
     c.result.checkpoint = {**info, **summary}

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.errors import Diverged, Unsupported
 from bench.models.precision import PrecisionPolicy
 from bench.tasks.base import Step
 from bench.trackers.phases import Phase
@@ -86,6 +87,10 @@ def train(
             micro = task.micro_batches(next(batches), spec.micro_batch)
             counts = [task.target_count(b, method.prepends_tokens) for b in micro]
             total = sum(counts)
+            if total == 0:  # a loss over no targets is 0 and trains nothing: no result to publish
+                raise Unsupported(
+                    f"the step-{step} batch has no training targets (seq_len {spec.seq_len}); raise seq_len"
+                )
             timed = step >= spec.warmup_steps
             if timed and step == spec.warmup_steps:
                 marks.start(Phase.TRAIN_TIMED)
@@ -108,6 +113,8 @@ def train(
                 stats.counted_flops, stats.counted_tokens = float(counter.get_total_flops()), real_tokens(micro)
             elapsed = time.perf_counter() - t0
             _account(stats, step_loss, micro, timed, elapsed)
+            if math.isnan(stats.losses[-1]):  # _account stores every non-finite loss as nan
+                raise Diverged(step, float(step_loss), stats.losses)
     if spec.steps > spec.warmup_steps:
         marks.end(Phase.TRAIN_TIMED)
     return stats

@@ -107,6 +107,10 @@ def moves(
 
 def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float | None, score_tol: float) -> list[Move]:
     out = []
+    nonfinite = n.get("nonfinite")
+    for col in nonfinite.split(",") if isinstance(nonfinite, str) else ():
+        if col in o and not math.isnan(_num(o[col])):
+            out.append(Move(o["run_id"], col, _num(o[col]), "non-finite", "finite -> not finite", True))
     for col in ("trainable_params", "checkpoint_bytes"):
         a, b = _num(o[col]), _num(n[col])
         if not (math.isnan(a) and math.isnan(b)) and a != b:

@@ -99,6 +99,11 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
             "started_at": rec.get("started_at"),
             "suite_hash": spec.get("suite_hash"),
             "spec_hash": rec.get("spec_hash"),
+            "checkpoint_error": (rec.get("checkpoint") or {}).get("error"),
+            "nonfinite": ",".join(
+                sorted(k for k, why in (rec.get("missing_reason") or {}).items() if str(why).startswith("not finite"))
+            )
+            or None,
         }
     )
     row.update({k: env.get(k) if k not in ("torch", "transformers", "peft") else packages.get(k) for k in ENV})
@@ -127,6 +132,8 @@ TEXT_COLUMNS = [
     "started_at",
     "suite_hash",
     "spec_hash",
+    "checkpoint_error",
+    "nonfinite",
     *ENV,
 ]
 

@@ -128,7 +128,9 @@ def group_table(df: pd.DataFrame) -> str:
         row += [_cell(r, fmt_num(r["energy_per_token_j"]))] if has_energy else []
         row += [estimate_text(r)] if has_estimate else []
         row += [
-            _cell(r, fmt_bytes(r["checkpoint_bytes"])),
+            _cell(
+                r, "**not saved**" if isinstance(r.get("checkpoint_error"), str) else fmt_bytes(r["checkpoint_bytes"])
+            ),
             _cell(r, f"{fmt_num(r['score_before'])} → {fmt_num(r['score_after'])}"),
         ]
         if has_ratio:

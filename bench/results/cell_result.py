@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -57,3 +58,14 @@ class CellResult:
         res = cls(**{k: v for k, v in data.items() if k in known})
         res.status = Status(res.status)
         return res
+
+
+def json_safe(obj: Any) -> Any:
+    """The object with every non-finite float as None: records are strict JSON (no NaN, no Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

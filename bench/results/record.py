@@ -6,13 +6,14 @@ The README's schema table is generated from this module (`peft-bench list schema
 
 from __future__ import annotations
 
+import math
 import signal
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 from bench import SCHEMA_VERSION
 from bench.errors import looks_like_oom
-from bench.results.cell_result import CellResult, Status
+from bench.results.cell_result import CellResult, Status, json_safe
 from bench.results.metrics import CORE, MetricSpec
 
 FIT_CHECK_ERROR = "FitCheck"  # error.type of an `unsupported` record the GPU fit check made without running the cell
@@ -145,6 +146,10 @@ def build_record(
     child, parent = child or CellResult(), dict(parent or {})
     metrics = {**child.metrics, **parent.pop("metrics", {})}
     missing = {**child.missing_reason, **parent.pop("missing_reason", {})}
+    for key, value in list(metrics.items()):
+        if isinstance(value, float) and not math.isfinite(value):  # strict JSON, and a NaN is no measurement
+            metrics[key] = None
+            missing.setdefault(key, f"not finite ({value})")
     for key in [k for k, v in metrics.items() if v is not None]:
         missing.pop(key, None)
     rec = Record(
@@ -163,7 +168,7 @@ def build_record(
         dtypes=child.dtypes,
         task_info=child.task_info,
         model_info=child.model_info,
-        loss_curve=child.loss_curve,
+        loss_curve=json_safe(child.loss_curve),
         step_times_s=child.step_times_s,
         checkpoint=child.checkpoint,
         heavy_modules_loaded=child.heavy_modules_loaded,

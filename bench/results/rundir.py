@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results.cell_result import CellResult
+from bench.results.cell_result import CellResult, json_safe
 
 RESULTS = "results.jsonl"
 
@@ -100,7 +100,7 @@ class OutDir:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
-        fh.write(json.dumps(data, indent=2, default=str))
+        fh.write(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.results.cell_result import FINAL
+from bench.results.cell_result import FINAL, json_safe
 from bench.results.record import FIT_CHECK_ERROR, Record
 from bench.results.rundir import RESULTS
 
@@ -38,7 +38,7 @@ class ReadResult:
 def append_record(out_dir: Path, record: Record | dict[str, Any]) -> None:
     """Append one record as one line with one write, after newline-terminating a torn tail; fsync."""
     data = record.to_dict() if isinstance(record, Record) else record
-    line = (json.dumps(data, sort_keys=True, default=str) + "\n").encode()
+    line = (json.dumps(json_safe(data), sort_keys=True, default=str, allow_nan=False) + "\n").encode()
     path = Path(out_dir) / RESULTS
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
@@ -102,11 +102,14 @@ def latest_by_run_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
 def finished(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """run_id -> its latest record, where that latest attempt is a final verdict (success / unsupported). The
     latest attempt decides: a success followed by a timeout is not finished. A fit-check refusal is no verdict
-    on the cell (the GPU's free memory, or --no-fit-check, may differ next run): it is checked again."""
+    on the cell (the GPU's free memory, or --no-fit-check, may differ next run): it is checked again. A success
+    whose checkpoint could not be saved (disk full) is retried too."""
     return {
         run_id: r
         for run_id, r in latest_by_run_id(records).items()
-        if r.get("status") in FINAL and (r.get("error") or {}).get("type") != FIT_CHECK_ERROR
+        if r.get("status") in FINAL
+        and (r.get("error") or {}).get("type") != FIT_CHECK_ERROR
+        and not (r.get("checkpoint") or {}).get("error")  # its bytes were never measured: retried
     }
 
 

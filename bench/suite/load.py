@@ -4,6 +4,7 @@ key path and the valid choices. The matrix expansion into RunSpecs lives in benc
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,24 @@ from bench.suite.executor import SlurmSettings, parse_executor
 from bench.suite.matrix import expand
 from bench.suite.spec import ALL_AXES, AXES, OPTIONAL_AXES
 from bench.suite.validate import check_axis_entry, check_default
+
+
+class SuiteLoader(yaml.SafeLoader):
+    """YAML with the 1.2 float rule: `1e-3` and `3e-5` are numbers, as people write learning rates (YAML 1.1 reads
+    them as strings)."""
+
+
+SuiteLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SuiteLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=SuiteLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 TOP_KEYS = ("name", "description", "defaults", "matrix", "exclude", "include", "executor")
 DEFAULT_KEYS = tuple(k for k in BY_KEY if k not in OPTIONAL_AXES)
@@ -43,8 +62,10 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
         text = path.read_text()
     except OSError as exc:
         raise SuiteError([f"{where}: cannot read suite: {exc.strerror}"]) from exc
+    except UnicodeDecodeError:
+        raise SuiteError([f"{where}: not a text file (a suite is YAML)"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         pos = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -135,7 +156,11 @@ def _apply_overrides(
         if not sep:
             problems.append(f"override {item!r}: expected key=value")
             continue
-        value = yaml.safe_load(raw)
+        try:
+            value = parse_yaml(raw)
+        except yaml.YAMLError as exc:
+            problems.append(f"override {item!r}: malformed value: {getattr(exc, 'problem', None) or exc}")
+            continue
         if key in ALL_AXES:
             axes[key] = value if isinstance(value, list) else [value]
         elif key in DEFAULT_KEYS:

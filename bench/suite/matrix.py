@@ -142,6 +142,8 @@ def combination_problems(where: str, spec: RunSpec) -> list[str]:
     task = registry.load("task", spec.task)
     if task.model_kind not in sources.supported_kinds(spec.model):
         out.append(f"{where}: {label}: model {spec.model!r} cannot be built for {task.model_kind} (task {spec.task!r})")
+    if task.model_kind == "causal_lm" and spec.seq_len < 2:
+        out.append(f"{where}: {label}: seq_len {spec.seq_len} leaves a causal LM no token to predict; use >= 2")
     if task.model_kind not in method.model_kinds:
         out.append(f"{where}: {label}: method {spec.method!r} does not support {task.model_kind}")
     return out
