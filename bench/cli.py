@@ -4,10 +4,11 @@ stderr; warnings go to stderr too, so `peft-bench report OUT > x.md` is pure mar
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from bench.errors import RegistryError, SuiteError
+from bench.errors import OutputError, RegistryError, SuiteError, probe_writable
 from bench.execution.base import BUSY_THRESHOLD_MIB
 from bench.suite.executor import EXECUTOR_KINDS
 
@@ -31,6 +32,7 @@ def _run(args: argparse.Namespace) -> int:
         print_dry_run(suite, specs)
         return 0
     out = Path(args.out or Path("out") / slug(suite.name))
+    probe_writable(out)  # an out dir that cannot be written: one line, exit 2, before any cell
     local = LocalOptions(
         launcher=args.launcher,
         gpus=_gpus(args.gpus),
@@ -43,15 +45,25 @@ def _run(args: argparse.Namespace) -> int:
     )
     executor = args.executor or suite.executor or "local"
     opts = runner.RunOptions(out, args.force, args.only, executor, local, slurm)
-    print(f"suite {suite.name!r}: {len(specs)} cells -> {out}", flush=True)
+    say(f"suite {suite.name!r}: {len(specs)} cells -> {out}")
     if not args.no_forecast:
         _print_forecast(specs, out, args.force)
-    summary = runner.run_specs(specs, opts, progress=lambda line: print(line, flush=True))
+    summary = runner.run_specs(specs, opts, progress=say)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to run"
-    print(f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s -> {out}")
+    say(f"done: {summary.ran} ran ({counts}), {summary.skipped} skipped, wall {summary.wall_s:.1f} s -> {out}")
     if summary.stopped:
         print(f"error: {summary.stopped}", file=sys.stderr)
     return summary.exit_code(args.strict)
+
+
+def say(line: str) -> None:
+    """Progress to stdout; a closed stdout (`| head`) drops the progress, never the suite."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later prints and the exit flush go nowhere, quietly
+        os.close(devnull)
 
 
 def _print_forecast(specs: list, out: Path, force: bool) -> None:
@@ -68,9 +80,9 @@ def _print_forecast(specs: list, out: Path, force: bool) -> None:
     if not todo:
         return
     if gpu and not all(earlier.get(s.run_id, {}).get("duration_s") for s in todo):
-        print("forecast wall time: unknown for GPU cells without earlier records in this out dir", flush=True)
+        say("forecast wall time: unknown for GPU cells without earlier records in this out dir")
         return
-    print(forecast.forecast(todo, earlier).line(len(todo)), flush=True)
+    say(forecast.forecast(todo, earlier).line(len(todo)))
 
 
 def _gpus(text: str | None) -> list[int] | None:
@@ -125,7 +137,11 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     kind = args.what[:-1]
     for name, info in sorted(registry.discover(kind).items()):
-        cls = registry.load(kind, name)
+        try:
+            cls = registry.load(kind, name)
+        except RegistryError as exc:  # one broken package must not hide the others
+            print(f"{name:16s} {info.package:24s} BROKEN: {str(exc)[:200]}")
+            continue
         doc = (cls.__doc__ or "").strip().split("\n")[0]
         print(f"{name:16s} {info.package:24s} {doc}")
     return 0
@@ -301,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     try:
         return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except SuiteError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)

@@ -30,3 +30,34 @@ class SuiteError(ValueError):
 
 class RegistryError(ValueError):
     """A plugin name is unknown or registered twice."""
+
+
+class OutputError(OSError):
+    """An output (out dir, lock, results file, report file) cannot be written: one line naming it, exit 2."""
+
+    def __init__(self, path: object, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot write {path}: {reason}")
+
+
+def probe_writable(directory: object) -> None:
+    """Create the directory and a probe file in it, or raise OutputError naming the path and the reason."""
+    import os
+    from pathlib import Path
+
+    path = Path(str(directory))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except FileExistsError:
+        raise OutputError(path, "a file is in the way (the out dir must be a directory)") from None
+    except NotADirectoryError:
+        raise OutputError(path, "a parent of it is a file, not a directory") from None
+    except OSError as exc:
+        raise OutputError(path, exc.strerror or str(exc)) from None
+    for name in ("results.jsonl", ".lock"):
+        target = path / name
+        if target.exists() and not os.access(target, os.W_OK):
+            raise OutputError(target, "not writable by this user")

@@ -94,6 +94,8 @@ class _Cancel:
     def __enter__(self) -> _Cancel:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) is signal.SIG_IGN:  # nohup: an ignored signal stays ignored
+                    continue
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -79,22 +79,43 @@ def main(args: Any) -> int:
     if df.empty:
         print(f"error: no records in {args.source}", file=sys.stderr)
         return 1
-    md = to_markdown(df, tuple(args.group_by.split(",")))
+    group_by = tuple(g.strip() for g in args.group_by.split(",") if g.strip())
+    bad = [g for g in group_by if g not in df.columns]
+    if bad or not group_by:
+        valid = ", ".join(GROUP_COLUMNS)
+        print(f"error: --group-by {args.group_by!r}: unknown column(s) {bad}; valid: {valid}", file=sys.stderr)
+        return 2
+    if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+        print(f"error: --plot {args.plot}: give a {' / '.join(PLOT_SUFFIXES)} file", file=sys.stderr)
+        return 2
+    md = to_markdown(df, group_by)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(md)
-        _wrote(args.output)
+        _write(args.output, lambda p: p.write_text(md))
     else:
         print(md)
     if args.csv:
-        df.to_csv(args.csv, index=False)
-        _wrote(args.csv)
+        _write(args.csv, lambda p: df.to_csv(p, index=False))
     if args.json:
-        df.to_json(args.json, orient="records", indent=1)
-        _wrote(args.json)
+        _write(args.json, lambda p: df.to_json(p, orient="records", indent=1))
     if args.plot:
         from bench.report.plot import pareto_plot
 
-        pareto_plot(with_ratios(df), args.plot)
-        _wrote(f"{args.plot} (+ {Path(args.plot).with_suffix('.json').name})")
+        _write(args.plot, lambda p: pareto_plot(with_ratios(df), p))
     return 0
+
+
+GROUP_COLUMNS = ("model", "task", "method", "precision", "grad_accum", "grad_ckpt", "seed", "suite")
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _write(target: str, write: Any) -> None:
+    """Write one output; an unwritable path is an OutputError (one line, exit 2), never a traceback."""
+    from bench.errors import OutputError
+
+    path = Path(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    except OSError as exc:
+        raise OutputError(path, exc.strerror or str(exc)) from None
+    _wrote(str(path))

@@ -38,7 +38,10 @@ def load_frame(source: str | Path) -> pd.DataFrame:
         return read_export(path)
     from bench.results.store import read_records
 
-    return records_to_frame(read_records(path).records)
+    read = read_records(path)
+    for warning in read.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return records_to_frame(read.records)
 
 
 def _num(x: Any) -> float:

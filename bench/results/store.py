@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.results.cell_result import FINAL, json_safe
+from bench.results.cell_result import FINAL, Status, json_safe
 from bench.results.record import FIT_CHECK_ERROR, Record
 from bench.results.rundir import RESULTS
 
@@ -66,6 +66,26 @@ def _truncate_partial(fd: int, size: int) -> None:
         pass
 
 
+DICT_FIELDS = ("spec", "metrics", "missing_reason", "timings", "phases", "env")
+
+
+def shape_problem(rec: Any) -> str | None:
+    """Why a parsed line is not a record the readers can use (None: it is)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if not isinstance(rec.get("run_id"), str):
+        return "no run_id"
+    if rec.get("status") not in {str(s) for s in Status}:
+        return f"status {rec.get('status')!r} is not one of {', '.join(str(s) for s in Status)}"
+    for key in DICT_FIELDS:
+        if key in rec and not isinstance(rec[key], dict):
+            return f"{key} is {type(rec[key]).__name__}, not an object"
+    bad = [k for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (str, dict))]
+    if bad:
+        return f"metric(s) {bad[:3]} are not numbers"
+    return None
+
+
 def read_records(path: Path) -> ReadResult:
     """Records from a results file or out dir; each unreadable line is named in a warning, neighbours kept."""
     path = Path(path)
@@ -82,8 +102,8 @@ def read_records(path: Path) -> ReadResult:
             continue
         try:
             rec = json.loads(line)
-            if not isinstance(rec, dict) or "run_id" not in rec:
-                raise ValueError("not a record (no run_id)")
+            if problem := shape_problem(rec):
+                raise ValueError(f"not a record: {problem}")
             out.records.append(rec)
         except ValueError as exc:
             kind = "torn last line (interrupted write?)" if number == last else "unreadable line"
