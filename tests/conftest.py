@@ -121,3 +121,9 @@ def run_cell_inproc(run_dir: Path, **overrides: Any) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.json").write_text(json.dumps({**SPEC_BASE, **overrides}))
     return run_cell(run_dir).to_dict()
+
+
+def unexplained_nulls(rec: dict[str, Any]) -> list[str]:
+    """Metrics of a record that are null without a `missing_reason` (the promise: null with the reason, never 0)."""
+    reasons = rec.get("missing_reason") or {}
+    return sorted(k for k, v in (rec.get("metrics") or {}).items() if v is None and not reasons.get(k))

@@ -13,7 +13,7 @@ from bench.execution.gpus import BusyGpu
 from bench.runner import RunOptions, run_specs
 from bench.suite.load import expand, load_suite
 from bench.trackers import nvml
-from conftest import cli, make_suite
+from conftest import cli, make_suite, unexplained_nulls
 
 
 def use_fake(monkeypatch, config):
@@ -156,6 +156,7 @@ def test_cell_record_carries_fake_nvml_peaks(tmp_path):
     assert rec["phases"]["train"]["peak_nvml_process_mib"] == 123
     assert rec["env"]["nvml_gpu_name"] == "FakeH100" and rec["gpu_index"] == 0
     assert rec["env"]["cuda_visible_devices"] == "GPU-fake-0" and rec["env"]["cuda_device_order"] == "PCI_BUS_ID"
+    assert unexplained_nulls(rec) == []
 
 
 @pytest.mark.parametrize(

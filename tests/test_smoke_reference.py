@@ -9,7 +9,7 @@ steps amplify the difference. Memory and tokens/s depend on the machine and are 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, read_jsonl, unexplained_nulls
 
 REFERENCE = ROOT / "reports" / "smoke.csv"
 
@@ -19,6 +19,8 @@ def test_smoke_cells_match_the_committed_reference(tmp_path):
     out = tmp_path / "smoke"
     run = cli("run", str(ROOT / "suites" / "smoke.yaml"), "--only", "tiny-llama--*", "--no-forecast", "--out", str(out))
     assert run.returncode == 0, run.stderr[-2000:]
+    for rec in read_jsonl(out / "results.jsonl"):  # every null metric of every record says why
+        assert unexplained_nulls(rec) == [], rec["run_id"]
     res = cli("compare", str(REFERENCE), str(out), "--deterministic", "--score-tolerance", "0.1", "--allow-missing")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "tokens_per_s" not in res.stdout and "regression" not in res.stdout
