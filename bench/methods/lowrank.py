@@ -4,6 +4,8 @@ its truncated SVD, up (d_out x r) @ down (r x d_in) with sqrt(S) split between t
 
 from __future__ import annotations
 
+from bench.errors import Unsupported
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,11 @@ def factorize(linear: Any, r: int | None, energy: float | None) -> Any:
     """The Sequential(down, up) equal to `linear` up to its rank-r truncation."""
     import torch
 
+    if linear.weight.is_meta and energy is not None:
+        raise Unsupported(
+            "the rank `energy` keeps depends on the weights' singular values: no estimate before the run (the "
+            "record has one); give `r` for one"
+        )
     w = linear.weight.detach().float()
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     if energy is not None:

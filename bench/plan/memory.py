@@ -11,7 +11,9 @@ from the real model. Activations come from a formula per transformer block and t
   (h per token per block) plus one block's activations during its recomputation.
 - the logits: b x s x V in the compute dtype, their fp32 upcast in the loss, and the gradient of both.
 
-AdamW keeps two fp32 moments per trainable parameter; gradients are fp32 for the (fp32) trainable weights.
+Under half-precision autocast, the half copy autocast makes of every fp32 matmul weight is saved for backward too
+(2 bytes per such weight). AdamW keeps two fp32 moments per trainable parameter; gradients are fp32 for the (fp32)
+trainable weights.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.errors import Unsupported
 from bench.suite.spec import RunSpec
 
 MIB = 2**20
@@ -88,7 +91,22 @@ def estimate_model(model: Any, spec: RunSpec, compute_dtype: str, causal: bool) 
     config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
     compute = 4 if compute_dtype == "float32" else 2
     acts = activation_bytes(config, spec.micro_batch, spec.seq_len, compute, spec.grad_ckpt, causal)
+    if compute == 2:
+        acts += autocast_weight_copies(model)
     return MemoryEstimate(weights / MIB, grads / MIB, optim / MIB, acts / MIB)
+
+
+def autocast_weight_copies(model: Any) -> float:
+    """Under half-precision autocast every fp32 matmul weight (full fine-tuning's master weights, adapter weights)
+    is cast to the half type once per forward and that copy is kept for backward: 2 bytes per such weight."""
+    import torch
+
+    total = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) and weight is not None and weight.dtype == torch.float32:
+            total += weight.numel()
+    return 2.0 * total
 
 
 class ConfigCache:
@@ -127,6 +145,8 @@ def estimate_spec(spec: RunSpec, configs: ConfigCache | None = None) -> tuple[Me
     where that cannot be done (a hub config offline, a method that needs data or a teacher to apply)."""
     try:
         return _estimate_on_meta(spec, configs or ConfigCache()), ""
+    except Unsupported as exc:
+        return None, " ".join(str(exc).split())[:200]
     except Exception as exc:
         return None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
 
@@ -162,8 +182,9 @@ def _estimate_on_meta(spec: RunSpec, configs: ConfigCache) -> MemoryEstimate:
         load_frozen_model=_needs("a teacher model loaded for real"),
         load_method=registry.load_method,
     )
-    with torch.device("meta"):
-        model = method_cls(config, ctx).apply(model)
+    # new adapter tensors are made on the default device and follow their base layer to meta (small); a meta
+    # default device would break methods that index into fresh buffers (BOFT's permutation matrices)
+    model = method_cls(config, ctx).apply(model).to("meta")
     if policy is not None:
         cast_frozen(model, policy)
     compute = policy.compute_dtype if policy else "bfloat16"
