@@ -4,11 +4,10 @@ its truncated SVD, up (d_out x r) @ down (r x d_in) with sqrt(S) split between t
 
 from __future__ import annotations
 
-from bench.errors import Unsupported
-
 from dataclasses import dataclass
 from typing import Any
 
+from bench.errors import Unsupported
 from bench.methods.base import Method, MethodConfig, unfreeze_head
 from bench.methods.structure import block_linears
 from bench.results.metrics import MetricSpec

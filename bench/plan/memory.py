@@ -152,7 +152,6 @@ def estimate_spec(spec: RunSpec, configs: ConfigCache | None = None) -> tuple[Me
 
 
 def _estimate_on_meta(spec: RunSpec, configs: ConfigCache) -> MemoryEstimate:
-    import torch
 
     from bench import registry
     from bench.methods.base import MethodContext
