@@ -115,7 +115,7 @@ def phase_load(c: Cell) -> None:
     loaded = load_model(
         c.spec.model,
         c.task_cls.model_kind,
-        c.task_cls.num_labels,
+        c.task_cls.labels_for(c.task_cfg),
         c.spec.seed,
         device=c.device,
         dtype=c.precision.storage_dtype(c.method_cls.trains_base),
@@ -155,6 +155,8 @@ def phase_data(c: Cell) -> None:
     )
     c.task = c.task_cls(c.task_cfg, ctx)
     c.task.load()
+    if info := c.task.info():
+        c.result.task_info["data"] = info
     if c.task_cls.model_kind == "causal_lm":
         c.general, c.general_what = general_examples(c.task, c.tokenizer, c.model.config.vocab_size)
 
@@ -193,7 +195,7 @@ def method_context(c: Cell) -> Any:
         return task_scores(c, model)["score"]
 
     def load_frozen_model(source: str, options: dict[str, Any] | None = None) -> Any:
-        kind, labels = c.task_cls.model_kind, c.task_cls.num_labels
+        kind, labels = c.task_cls.model_kind, c.task_cls.labels_for(c.task_cfg)
         dtype = c.precision.storage_dtype(False)
         model = load_model(source, kind, labels, c.spec.seed, device=c.device, dtype=dtype, options=options or {}).model
         model.requires_grad_(False)
@@ -209,7 +211,7 @@ def method_context(c: Cell) -> Any:
         tokenizer=c.tokenizer,
         device=c.device,
         grad_ckpt=spec.grad_ckpt,
-        num_labels=c.task_cls.num_labels,
+        num_labels=c.task_cls.labels_for(c.task_cfg),
         evaluate=evaluate,
         load_frozen_model=load_frozen_model,
         load_method=registry.load_method,

@@ -87,6 +87,16 @@ class Task(abc.ABC):
     def seed(self) -> int:
         return self.ctx.seed
 
+    @classmethod
+    def labels_for(cls, config: TaskConfig) -> int | None:
+        """Classes of a seq_cls task with these options (the model's head size); default `num_labels`. A task over
+        the user's data reads them from the data."""
+        return cls.num_labels
+
+    def info(self) -> dict[str, Any]:
+        """What the record should say about the data as loaded (label mapping, example counts); default none."""
+        return {}
+
     @abc.abstractmethod
     def load(self) -> None:
         """Make the task's training and evaluation data."""
