@@ -144,7 +144,7 @@ def test_bad_executor_block_is_rejected(tmp_path):
 
 @pytest.mark.slow
 def test_selfcheck_compares_harness_with_an_independent_loop_on_cpu(tmp_path):
-    res = cli("selfcheck", "--out", str(tmp_path), "--steps", "8", "--methods", "lora")
+    res = cli("selfcheck", "--out", str(tmp_path), "--steps", "8", "--methods", "lora", "--rounds", "1")
     assert res.returncode == 0, res.stderr
     assert "lora: step time bare/harness" in res.stdout and "not gated" in res.stdout
     data = json.loads(res.stdout[: res.stdout.rindex("}") + 1])

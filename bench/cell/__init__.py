@@ -8,7 +8,6 @@ every outcome into a status inside result.json.
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import time
 import traceback
@@ -19,6 +18,7 @@ from bench.errors import Diverged, Unsupported, looks_like_oom
 from bench.results.cell_result import CellResult, Status
 from bench.results.rundir import RunDir
 from bench.suite.spec import RunSpec
+from bench.trackers.in_cell import MaxRssTracker
 from bench.trackers.phases import PhaseClock
 
 LAUNCH_ENV = "PEFT_BENCH_LAUNCHED_AT"  # unix time the supervisor launched this cell (for time_spawn_s)
@@ -91,7 +91,9 @@ def _finish(cell: Any, t_main: float) -> None:
     result.timings.update(cell.clock.timings())
     if "time_eval_s" in result.timings:
         result.metrics["eval_time_s"] = result.timings["time_eval_s"]
-    result.metrics["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = MaxRssTracker()
+    rss.stop()
+    result.metrics.update(rss.attribute().metrics)
     from bench.cell.steps import heavy_modules
 
     late = sorted(set(heavy_modules()) - set(result.heavy_modules_loaded or []))

@@ -40,6 +40,7 @@ class Cell:
     method: Method | None = None
     general: list[Any] = field(default_factory=list)  # general-text examples for the forgetting measurement
     general_what: str = ""
+    allocator: Any = None  # bench.trackers.in_cell.TorchAllocatorTracker over the training phase
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -260,20 +261,16 @@ def skip_eval_before(c: Cell) -> None:
 
 
 def phase_train(c: Cell) -> None:
-    import torch
 
     from bench.cell.measure import flops_per_token, utilisation
     from bench.cell.train import throughput_metrics, train
 
     stats = train(c.model, c.task, c.spec, c.method, c.precision, c.device, c.clock)
-    if c.device == "cuda":
-        c.metrics["torch_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        c.metrics["torch_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
-    else:
-        c.set_missing(
-            ["torch_peak_allocated_mib", "torch_peak_reserved_mib"],
-            "no CUDA device: torch allocator peaks exist only on GPU",
-        )
+    if c.allocator is not None:
+        c.allocator.stop()
+        measured = c.allocator.attribute()
+        c.metrics.update(measured.metrics)
+        c.missing.update(measured.missing)
     tp, tp_missing = throughput_metrics(stats)
     c.metrics.update(tp)
     c.missing.update(tp_missing)
@@ -287,14 +284,12 @@ def phase_train(c: Cell) -> None:
 
 
 def clean_allocator(c: Cell) -> None:
-    """Before the training phase is marked: eval's cached blocks released and torch's peaks reset, so neither the
-    NVML window nor torch's peak of training starts holding them."""
-    if c.device == "cuda":
-        import torch
+    """Before the training phase is marked: the allocator tracker starts (eval's cached blocks released, torch's
+    peaks reset), so neither the NVML window nor torch's peak of training starts holding them."""
+    from bench.trackers.in_cell import TorchAllocatorTracker
 
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    c.allocator = TorchAllocatorTracker(c.device)
+    c.allocator.start()
 
 
 def phase_eval_after(c: Cell) -> None:

@@ -18,7 +18,7 @@ import psutil
 from bench.cell import LAUNCH_ENV
 from bench.execution.base import EXIT_GRACE_S
 from bench.execution.gpus import GpuSlot
-from bench.execution.launchers import CellProcess, kill_processes, wait_for_exit
+from bench.execution.launchers import CellProcess, Launcher, kill_processes, wait_for_exit
 from bench.results.cell_result import CellResult
 from bench.results.record import CellExit, Record, Status, build_record
 from bench.results.rundir import RunDir
@@ -35,9 +35,9 @@ CELL_TOKEN_ENV = "PEFT_BENCH_CELL_TOKEN"  # inherited by everything a cell start
 class CellJob:
     spec: RunSpec
     run_dir: RunDir
-    launcher: Any
+    launcher: Launcher
     slot: GpuSlot | None = None
-    backend: Any = None
+    backend: nvml.Backend | None = None
     nvml_reason: str | None = None
     nvml_interval_s: float = 0.01
     env_parent: dict[str, Any] = field(default_factory=dict)

@@ -176,18 +176,16 @@ CORE: tuple[MetricSpec, ...] = (
        direction=HIGHER, label="adapter tokens/s", group="inference"),
     _m("inference_tokens_per_s_merged", "the same for a copy merged with merge_and_unload()", "tokens/s",
        direction=HIGHER, label="merged tokens/s", group="inference"),
-    _m("inference_ttft_ms_base", "time to first token (prefill + one token), base model", "ms", direction=LOWER,
-       label="base TTFT ms", group="inference"),
-    _m("inference_decode_ms_per_token_base", "decode latency per token after the first, base model", "ms",
-       direction=LOWER, label="base decode ms/token", group="inference"),
-    _m("inference_ttft_ms_adapter", "time to first token (prefill + one token), unmerged adapter", "ms",
-       direction=LOWER, label="adapter TTFT ms", group="inference"),
-    _m("inference_decode_ms_per_token_adapter", "decode latency per token after the first, unmerged adapter", "ms",
-       direction=LOWER, label="adapter decode ms/token", group="inference"),
-    _m("inference_ttft_ms_merged", "time to first token (prefill + one token), merged copy", "ms", direction=LOWER,
-       label="merged TTFT ms", group="inference"),
-    _m("inference_decode_ms_per_token_merged", "decode latency per token after the first, merged copy", "ms",
-       direction=LOWER, label="merged decode ms/token", group="inference"),
+    *(
+        spec
+        for variant, what in (("base", "base model"), ("adapter", "unmerged adapter"), ("merged", "merged copy"))
+        for spec in (
+            _m(f"inference_ttft_ms_{variant}", f"time to first token (prefill + one token), {what}", "ms",
+               direction=LOWER, label=f"{variant} TTFT ms", group="inference"),
+            _m(f"inference_decode_ms_per_token_{variant}", f"decode latency per token after the first, {what}", "ms",
+               direction=LOWER, label=f"{variant} decode ms/token", group="inference"),
+        )
+    ),
     _m("merge_logit_max_abs_diff", "largest |logit| difference between the merged copy and the unmerged peft model "
        "on the inference prompt (0 exactly: the adapter changes nothing)", label="merge |Δ logit| max",
        group="inference"),
