@@ -156,3 +156,22 @@ def test_a_broken_plugin_is_listed_as_broken_and_fails_only_the_suites_that_use_
     uses.write_text(suite(tmp_path).read_text().replace("[full]", "[broken]"))
     res = cli("run", str(uses), "--dry-run", env=env)
     assert res.returncode == 2 and "broken" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_unreachable_hub_is_one_short_attempt_and_one_clear_line(tmp_path):
+    import time
+
+    s = tmp_path / "hub.yaml"
+    s.write_text(
+        SUITE.format(lr="1e-3", seq_len=16, task="toy-cls", steps=3).replace(
+            "model: tiny-llama", "model: some-org/not-cached-anywhere"
+        )
+    )
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}  # a closed port: refused at once
+    t0 = time.time()
+    res = cli("run", str(s), "--out", str(tmp_path / "out"), env=env)
+    assert time.time() - t0 < 30, "offline hub retries"
+    assert res.returncode == 1, res.stdout + res.stderr
+    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert rec["status"] == "failed" and "the hub is unreachable" in rec["error"]["message"]
+    assert "127.0.0.1:9" in rec["error"]["message"] and "local directory" in rec["error"]["message"]

@@ -145,6 +145,7 @@ def test_trust_remote_code_is_off_unless_the_suite_sets_it(tmp_path, monkeypatch
 
     from bench.models import loading
 
+    monkeypatch.setattr(loading, "hub_unreachable", lambda: None)  # as if the hub answered
     seen = []
 
     def fake_from_pretrained(*args, **kwargs):

@@ -10,7 +10,11 @@ device and quantized before the next, so a 70B-class shape never exists in bf16;
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +36,45 @@ def auto_class(kind: str) -> Any:
     return transformers.AutoModelForCausalLM if kind == "causal_lm" else transformers.AutoModelForSequenceClassification
 
 
+PROBE_TIMEOUT_S = 3.0
+
+
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the model hub cannot be used from here (None: it answers). One short connect, once per process, instead
+    of transformers' retries (76 s to fail a cell offline)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"cannot reach {host}:{port} within {PROBE_TIMEOUT_S:g} s ({exc.strerror or type(exc).__name__})"
+    return None
+
+
 def _hub_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"trust_remote_code": bool(options.get("trust_remote_code", False))}
     if options.get("revision"):
         out["revision"] = options["revision"]
     return out
+
+
+def _hub_config(source: ModelSource, labels: dict[str, Any], options: dict[str, Any]) -> Any:
+    import transformers
+
+    why = hub_unreachable() if source.kind == "hub" else None
+    kwargs = {**labels, **_hub_kwargs(options), **({"local_files_only": True} if why else {})}
+    try:
+        return transformers.AutoConfig.from_pretrained(source.ref, **kwargs)
+    except OSError as exc:
+        if not why:
+            raise
+        raise ValueError(
+            f"model {source.ref!r}: the hub is unreachable ({why}) and the model is not in the local cache; give a "
+            "local directory or a config .json (weights: random), or run where the hub answers"
+        ) from exc
 
 
 def load_config(source: ModelSource, kind: str, num_labels: int | None, options: dict[str, Any]) -> tuple[Any, dict]:
@@ -50,7 +88,7 @@ def load_config(source: ModelSource, kind: str, num_labels: int | None, options:
         text = Path(source.ref).read_text()
         cfg = transformers.AutoConfig.from_pretrained(source.ref, **labels)
         return cfg, {"config_source": source.ref, "config_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
-    cfg = transformers.AutoConfig.from_pretrained(source.ref, **labels, **_hub_kwargs(options))
+    cfg = _hub_config(source, labels, options)
     info: dict[str, Any] = {"config_source": source.ref}
     if source.kind == "dir":
         info["config_sha256"] = hashlib.sha256((Path(source.ref) / "config.json").read_bytes()).hexdigest()[:16]
@@ -143,6 +181,8 @@ def load_model(
     source = resolve_source(name, options)
     cls = auto_class(kind)
     info: dict[str, Any] = {"source": source.kind, "random_weights": source.random_weights}
+    if source.kind == "hub" and hub_unreachable():
+        _hub_config(source, {}, options)  # from the local cache, or one clear error now
     if source.random_weights:
         cfg, where = load_config(source, kind, num_labels, options)
         if quant is None:
@@ -163,6 +203,8 @@ def _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, option
     import torch
 
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), **_hub_kwargs(options)}
+    if source.kind == "hub" and hub_unreachable():
+        kwargs["local_files_only"] = True  # the config came from the cache: so must the weights
     if kind == "seq_cls":
         kwargs["num_labels"] = num_labels
     if quant is not None:
@@ -182,7 +224,8 @@ def _tokenizer(source: ModelSource, options: dict[str, Any]) -> Any:
         return None  # weights only: transformers would otherwise invent an empty tokenizer
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source.ref, **_hub_kwargs(options))
+    offline = {"local_files_only": True} if source.kind == "hub" and hub_unreachable() else {}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.ref, **_hub_kwargs(options), **offline)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
