@@ -171,3 +171,19 @@ def test_plugins_come_only_from_entry_points(tmp_path):
     path = make_suite(tmp_path, {"method": ["faultplugin.methods:FaultOom"]})
     res = cli("run", str(path), "--dry-run")
     assert res.returncode == 2 and "unknown method" in res.stderr
+
+
+def test_a_killed_fork_server_is_restarted_once_and_the_suite_goes_on(tmp_path, fault_env):
+    marker = tmp_path / "training.pid"
+    slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 2.0, "label": "slow"}
+    path = make_suite(tmp_path, {"method": [slow, "full", "bitfit"]}, model="tiny-bert", steps=6)
+    proc = start_cli(["run", str(path), "--out", str(tmp_path / "out"), "--launcher", "fork-server"], fault_env)
+    child = psutil.Process(int(wait_for(marker)))
+    server = child.parent()
+    assert "forkserver" in " ".join(server.cmdline())
+    server.kill()
+    out, err = proc.communicate(timeout=180)
+    recs = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert [r["status"] for r in recs] == ["failed", "success", "success"], err
+    assert "Traceback" not in err and "{'error'" not in out + err
+    assert proc.returncode == 1  # the cell lost with its server is a failure

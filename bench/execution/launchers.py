@@ -118,8 +118,15 @@ class ForkServerLauncher:
         self.proc: subprocess.Popen | None = None
         self.exits: dict[int, int] = {}
         self.replies: queue.Queue = queue.Queue()
+        self.starts = 0  # a server that dies is restarted once for the remaining cells
+        self.env: dict[str, str] = {}
 
     def _start(self, env: dict[str, str]) -> None:
+        if self.starts >= 2:
+            code = self.proc.poll() if self.proc else None
+            raise LauncherError(f"the fork server died again (exit code {code}) after a restart; see {self.log}")
+        self.starts += 1
+        self.replies = queue.Queue()  # a dead server's last words must not answer the new one
         stderr = open(self.log, "ab") if self.log else None
         try:
             self.proc = subprocess.Popen(
@@ -134,7 +141,7 @@ class ForkServerLauncher:
         finally:
             if stderr:
                 stderr.close()
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc, self.replies), daemon=True).start()
         msg = self._reply(300, "start")
         if msg.get("cuda_initialized"):
             self.close()
@@ -144,7 +151,7 @@ class ForkServerLauncher:
                 "touches CUDA at import from " + PRELOAD_ENV
             )
         if "ready" not in msg:
-            raise LauncherError(f"fork server failed to start: {msg}")
+            raise LauncherError(f"fork server failed to start: {msg.get('error', msg)}")
 
     def _reply(self, timeout_s: float, what: str) -> dict:
         try:
@@ -152,28 +159,30 @@ class ForkServerLauncher:
         except queue.Empty:
             raise LauncherError(f"fork server did not answer within {timeout_s:.0f} s ({what})") from None
 
-    def _read(self, proc: subprocess.Popen) -> None:
+    def _read(self, proc: subprocess.Popen, replies: queue.Queue) -> None:
         for line in proc.stdout:
             msg = json.loads(line)
             if "exit" in msg:
                 self.exits[msg["exit"]] = msg["code"]
             else:
-                self.replies.put(msg)
-        self.replies.put({"error": f"fork server exited with code {proc.wait()}"})
+                replies.put(msg)
+        replies.put({"error": f"fork server exited with code {proc.wait()}"})
 
     def start(self, env: dict[str, str]) -> None:
         """Start the server before the first cell, so its import time is not charged to that cell."""
+        self.env = dict(env)  # the server's own environment (a restart must not inherit a cell's token)
         if self.proc is None or self.proc.poll() is not None:
             self._start(env)
 
     def launch(self, run_dir: RunDir, env: dict[str, str]) -> CellProcess:
-        self.start(env)  # restarts a server that died
+        if self.proc is None or self.proc.poll() is not None:
+            self._start(self.env or dict(os.environ))  # restarts a server that died
         changed = {k: v for k, v in env.items() if os.environ.get(k) != v}  # per-cell settings (GPU, launch time)
         self.proc.stdin.write(json.dumps({"run_dir": str(run_dir.path), "env": changed}) + "\n")
         self.proc.stdin.flush()
         msg = self._reply(60, "launch")
         if "pid" not in msg:
-            raise LauncherError(f"fork server did not start the cell: {msg}")
+            raise LauncherError(f"fork server did not start the cell: {msg.get('error', msg)}")
         return ForkServerCell(self, msg["pid"])
 
     def exit_code(self, pid: int) -> int | None:
