@@ -9,17 +9,12 @@ from typing import Any
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-MODEL_FLOPS_HOW = (
-    "6 x total parameters per token (Kaplan et al. 2020, the MFU convention of PaLM appendix B without its "
-    "attention term): embeddings counted, attention not, the same for every method"
-)
-
-
 def flops_per_token(total_params: int, stats: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """model_flops_per_token: the MFU convention above. hardware_flops_per_token: what the cell's model as applied
-    really computed, counted by torch.utils.flop_counter.FlopCounterMode over the first training step (a warm-up
-    step, so the counter costs no timed step): forward, backward and the recompute of gradient checkpointing,
-    divided by that step's real (non-padding) tokens."""
+    """model_flops_per_token: 6 x total parameters (Kaplan et al. 2020; PaLM's MFU convention without its attention
+    term: embeddings counted, attention not, the same for every method). hardware_flops_per_token: what the cell's
+    model as applied really computed, counted by torch.utils.flop_counter.FlopCounterMode over the first training
+    step (a warm-up step, so the counter costs no timed step): forward, backward and the recompute of gradient
+    checkpointing, divided by that step's real (non-padding) tokens."""
     metrics: dict[str, Any] = {"model_flops_per_token": 6.0 * total_params}
     if stats.counted_flops is None or not stats.counted_tokens:
         reason = "counted over the first warm-up step; this cell has warmup_steps 0"

@@ -41,6 +41,7 @@ class Cell:
     general: list[Any] = field(default_factory=list)  # general-text examples for the forgetting measurement
     general_what: str = ""
     allocator: Any = None  # bench.trackers.in_cell.TorchAllocatorTracker over the training phase
+    num_labels: int | None = None  # the seq_cls head size, from the task's options (read once, in the load phase)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -113,10 +114,11 @@ def phase_load(c: Cell) -> None:
     torch.manual_seed(c.spec.seed)
     if c.device == "cuda":
         c.clock.sync = torch.cuda.synchronize
+    c.num_labels = c.task_cls.labels_for(c.task_cfg)
     loaded = load_model(
         c.spec.model,
         c.task_cls.model_kind,
-        c.task_cls.labels_for(c.task_cfg),
+        c.num_labels,
         c.spec.seed,
         device=c.device,
         dtype=c.precision.storage_dtype(c.method_cls.trains_base),
@@ -130,14 +132,12 @@ def phase_load(c: Cell) -> None:
 
 def check_limits(c: Cell) -> None:
     """The loaded config against the cell (the suite was checked before the run where the config was readable)."""
-    from bench.models.limits import position_note
-    from bench.plan.checks import cell_tokens, spec_problems
+    from bench.plan.checks import limit_findings
 
-    problems = [p for p in spec_problems(c.spec, c.task_cls.model_kind, c.model.config) if p]
+    problems, note = limit_findings(c.spec, c.task_cls.model_kind, c.model.config)
     if problems:
         raise Unsupported("; ".join(problems))
-    tokens, what = cell_tokens(c.spec)
-    if note := position_note(c.model.config, tokens, what):
+    if note:
         c.result.notes.append(note)
 
 
@@ -196,7 +196,7 @@ def method_context(c: Cell) -> Any:
         return task_scores(c, model)["score"]
 
     def load_frozen_model(source: str, options: dict[str, Any] | None = None) -> Any:
-        kind, labels = c.task_cls.model_kind, c.task_cls.labels_for(c.task_cfg)
+        kind, labels = c.task_cls.model_kind, c.num_labels
         dtype = c.precision.storage_dtype(False)
         model = load_model(source, kind, labels, c.spec.seed, device=c.device, dtype=dtype, options=options or {}).model
         model.requires_grad_(False)
@@ -212,7 +212,7 @@ def method_context(c: Cell) -> Any:
         tokenizer=c.tokenizer,
         device=c.device,
         grad_ckpt=spec.grad_ckpt,
-        num_labels=c.task_cls.labels_for(c.task_cfg),
+        num_labels=c.num_labels,
         evaluate=evaluate,
         load_frozen_model=load_frozen_model,
         load_method=registry.load_method,

@@ -195,13 +195,14 @@ def throughput_metrics(stats: TrainStats) -> tuple[dict[str, Any], dict[str, str
     if not stats.step_times_s or total <= 0:
         reason = "no timed steps: steps <= warmup_steps"
         return {**base, **{k: None for k in THROUGHPUT_KEYS}}, {k: reason for k in THROUGHPUT_KEYS}
+    p50, p90 = percentile(stats.step_times_s, 50), percentile(stats.step_times_s, 90)
     return {
         **base,
         "tokens_per_s": stats.timed_tokens / total,
         "padded_tokens_per_s": stats.timed_padded_tokens / total,
         "samples_per_s": stats.timed_samples / total,
-        "step_time_p50_s": percentile(stats.step_times_s, 50),
-        "step_time_p90_s": percentile(stats.step_times_s, 90),
+        "step_time_p50_s": p50,
+        "step_time_p90_s": p90,
         "step_time_mean_s": total / len(stats.step_times_s),
-        "step_time_spread": percentile(stats.step_times_s, 90) / max(percentile(stats.step_times_s, 50), 1e-12),
+        "step_time_spread": p90 / max(p50, 1e-12),
     }, {}

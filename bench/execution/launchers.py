@@ -171,12 +171,14 @@ class ForkServerLauncher:
     def start(self, env: dict[str, str]) -> None:
         """Start the server before the first cell, so its import time is not charged to that cell."""
         self.env = dict(env)  # the server's own environment (a restart must not inherit a cell's token)
+        self._ensure_running()
+
+    def _ensure_running(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
-            self._start(env)
+            self._start(self.env or dict(os.environ))
 
     def launch(self, run_dir: RunDir, env: dict[str, str]) -> CellProcess:
-        if self.proc is None or self.proc.poll() is not None:
-            self._start(self.env or dict(os.environ))  # restarts a server that died
+        self._ensure_running()  # restarts a server that died (once)
         changed = {k: v for k, v in env.items() if os.environ.get(k) != v}  # per-cell settings (GPU, launch time)
         self.proc.stdin.write(json.dumps({"run_dir": str(run_dir.path), "env": changed}) + "\n")
         self.proc.stdin.flush()

@@ -36,15 +36,17 @@ def config_problems(specs: list[RunSpec], configs: Any = None) -> tuple[list[str
         except Exception as exc:  # noqa: BLE001 - unreadable here; the cell will say
             notes.append(f"{spec.run_id}: model {spec.model!r} not checked against its config ({type(exc).__name__})")
             continue
-        found = [p for p in spec_problems(spec, task.model_kind, config) if p]
+        found, note = limit_findings(spec, task.model_kind, config)
         problems += [f"{spec.run_id}: model {spec.model!r}: {p}" for p in found]
-        tokens, what = cell_tokens(spec)
-        if note := limits.position_note(config, tokens, what):
+        if note:
             notes.append(f"{spec.run_id}: model {spec.model!r}: {note}")
     return sorted(set(problems), key=problems.index), sorted(set(notes), key=notes.index)
 
 
-def spec_problems(spec: RunSpec, model_kind: str, config: Any) -> list[str | None]:
+def limit_findings(spec: RunSpec, model_kind: str, config: Any) -> tuple[list[str], str | None]:
+    """(what refuses the cell, a note) for this cell on a model with this config: a causal-LM task on an encoder
+    without a causal mask, sequences past absolute positions; a RoPE model past its positions is a note."""
     tokens, what = cell_tokens(spec)
     causal = limits.causal_problem(config) if model_kind == "causal_lm" else None
-    return [causal, limits.position_problem(config, tokens, what)]
+    problems = [p for p in (causal, limits.position_problem(config, tokens, what)) if p]
+    return problems, limits.position_note(config, tokens, what)

@@ -94,7 +94,8 @@ class TextClassification(ExampleTask):
 
     @classmethod
     def labels_for(cls, config: TextClsOptions) -> int:
-        return len(label_map(config))
+        labels = field_values(read_rows(config.train_file), config.train_file, config.label_field, (str, int))
+        return len(label_map(labels, config.train_file, config.label_field))
 
     def load(self) -> None:
         cfg = self.config
@@ -105,7 +106,7 @@ class TextClassification(ExampleTask):
             train_texts, train_labels, eval_texts, eval_labels = fraction_split(
                 train_texts, train_labels, cfg.eval_fraction, self.seed
             )
-        mapping = label_map(cfg)
+        mapping = label_map(train_labels, cfg.train_file, cfg.label_field)
         unknown = sorted(set(map(str, eval_labels)) - set(mapping))
         if unknown:
             raise DataError(f"{cfg.eval_file}: labels {unknown[:5]} never occur in {cfg.train_file}")
@@ -135,12 +136,11 @@ class TextClassification(ExampleTask):
         return {"labels": self.label_names, "train_examples": len(self.train), "eval_examples": len(self.eval)}
 
 
-def label_map(config: TextClsOptions) -> dict[str, int]:
+def label_map(labels: list[Any], path: str, field: str) -> dict[str, int]:
     """label (as text) -> class id, sorted (integers numerically): the same for every cell of the suite."""
-    labels = field_values(read_rows(config.train_file), config.train_file, config.label_field, (str, int))
     distinct = sorted(set(labels), key=lambda v: (isinstance(v, str), v))
     if len(distinct) < 2:
-        raise DataError(f"{config.train_file}: field {config.label_field!r} has one label only ({distinct!r})")
+        raise DataError(f"{path}: field {field!r} has one label only ({distinct!r})")
     return {str(v): i for i, v in enumerate(distinct)}
 
 
