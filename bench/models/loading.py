@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.models.configs import CONFIGS
-from bench.models.sources import TOKENIZER_FILES, ModelSource, resolve_source
+from bench.models.sources import TOKENIZER_FILES, ModelSource, resolve_source, resolve_tokenizer
 
 
 @dataclass
@@ -78,7 +78,15 @@ def _hub_config(source: ModelSource, labels: dict[str, Any], options: dict[str, 
 
 
 def load_config(source: ModelSource, kind: str, num_labels: int | None, options: dict[str, Any]) -> tuple[Any, dict]:
-    """(transformers config, where it came from) without touching any weights."""
+    """(transformers config, where it came from) without touching any weights. A random-weight model with a
+    borrowed tokenizer gets the tokenizer's vocabulary size (when larger) and special-token ids."""
+    cfg, info = _read_config(source, kind, num_labels, options)
+    if source.random_weights and options.get("tokenizer"):
+        info.update(fit_vocab(cfg, borrowed_tokenizer(options["tokenizer"])))
+    return cfg, info
+
+
+def _read_config(source: ModelSource, kind: str, num_labels: int | None, options: dict[str, Any]) -> tuple[Any, dict]:
     import transformers
 
     labels = {"num_labels": num_labels} if kind == "seq_cls" else {}
@@ -192,11 +200,54 @@ def load_model(
         info.update(where)
     else:
         model = _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, options)
-    tokenizer = _tokenizer(source, options)
-    if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer, info["tokenizer"] = model_tokenizer(source, options)
+    if tokenizer is not None:
+        _check_vocab(model, tokenizer, info["tokenizer"])
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
     info.update({"class": type(model).__name__, "has_tokenizer": tokenizer is not None})
     return LoadedModel(model, tokenizer, info)
+
+
+def model_tokenizer(source: ModelSource, options: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the cell's tokenizer or None, where it came from): the entry's `tokenizer:` when given, else the model's."""
+    if ref := options.get("tokenizer"):
+        path = resolve_tokenizer(ref).ref
+        return borrowed_tokenizer(ref), ref if path == ref else f"{ref} ({path})"
+    tokenizer = _tokenizer(source, options)
+    return tokenizer, source.ref if tokenizer is not None else None
+
+
+@functools.cache
+def borrowed_tokenizer(ref: str) -> Any:
+    """A tokenizer named by a model entry's `tokenizer:` option (loaded once per process)."""
+    return _tokenizer(resolve_tokenizer(ref), {})
+
+
+def fit_vocab(cfg: Any, tokenizer: Any) -> dict[str, Any]:
+    """Make a random-weight config fit a borrowed tokenizer: vocabulary at least the tokenizer's, and its pad, BOS
+    and EOS ids (EOS: the separator where the tokenizer has no EOS, as BERT's). Returns what changed."""
+    changed: dict[str, Any] = {}
+    if len(tokenizer) > cfg.vocab_size:
+        changed["vocab_size_from_tokenizer"] = [cfg.vocab_size, len(tokenizer)]
+        cfg.vocab_size = len(tokenizer)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    for key, value in (("pad_token_id", tokenizer.pad_token_id), ("bos_token_id", bos), ("eos_token_id", eos)):
+        if hasattr(cfg, key) or value is not None:
+            setattr(cfg, key, value)
+    return changed
+
+
+def _check_vocab(model: Any, tokenizer: Any, where: str | None) -> None:
+    from bench.errors import Unsupported
+
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise Unsupported(
+            f"tokenizer {where} has {len(tokenizer)} tokens but the model's embedding has {rows} rows: ids past "
+            f"{rows - 1} have no embedding; use the model's own tokenizer or weights: random"
+        )
 
 
 def _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, options) -> Any:

@@ -17,7 +17,7 @@ CACHED = {"minilm-l6": assets.minilm_dir}
 CACHED_KINDS = {"minilm-l6": ("seq_cls",)}  # a BERT encoder: no causal mask, so no causal-LM cells
 NAMED = sorted([*CONFIGS, *CACHED])
 WEIGHTS = ("pretrained", "random")
-MODEL_OPTIONS = ("trust_remote_code", "revision", "weights")
+MODEL_OPTIONS = ("trust_remote_code", "revision", "weights", "tokenizer")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -62,6 +62,34 @@ def resolve_source(name: str, options: dict[str, Any] | None = None) -> ModelSou
     raise ValueError(
         f"unknown model {name!r}{suggest(name, NAMED)}: not a named model ({', '.join(NAMED)}), an existing config "
         ".json file or local directory, or a hub id like org/name"
+    )
+
+
+def resolve_tokenizer(ref: Any) -> ModelSource:
+    """Where a borrowed tokenizer (`tokenizer:` on a model entry) comes from: a shipped asset (minilm-l6), a local
+    directory with tokenizer files or a hub id; ValueError naming the choices."""
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"tokenizer {ref!r}: expected a shipped model name, a local directory or a hub id")
+    if ref in CONFIGS:
+        raise ValueError(
+            f"tokenizer {ref!r}: a named config has no tokenizer; use one of {', '.join(CACHED)}, a "
+            "local directory or a hub id"
+        )
+    if ref in CACHED:
+        path = CACHED[ref]()
+        if not path.is_dir():
+            raise ValueError(assets.missing_message(path))
+        return ModelSource("dir", str(path), False)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise ValueError(f"tokenizer {ref!r}: the directory has none of {', '.join(TOKENIZER_FILES)}")
+        return ModelSource("dir", str(path.resolve()), False)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref) and not ref.startswith("."):
+        return ModelSource("hub", ref, False)
+    raise ValueError(
+        f"tokenizer {ref!r}{suggest(ref, list(CACHED))}: not a shipped model ({', '.join(CACHED)}), a local "
+        "directory with tokenizer files or a hub id like org/name"
     )
 
 

@@ -104,6 +104,7 @@ def to_spec(suite: Any, cell: dict[str, Any]) -> RunSpec:
         content=content_of(
             model["name"],
             {
+                "model_options": (plugin_options(model), ("tokenizer",)),
                 "task_options": (plugin_options(task), registry.load_task(task["name"]).config_cls.content_fields),
                 "method_options": (
                     plugin_options(method),

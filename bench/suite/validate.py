@@ -65,6 +65,8 @@ def _check_named_entry(axis: str, value: Any, where: str, problems: list[str]) -
             )
         try:
             sources.resolve_source(entry["name"], options)
+            if "tokenizer" in options:
+                sources.resolve_tokenizer(options["tokenizer"])
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
         return entry

@@ -1,6 +1,7 @@
 """Tasks over the user's own files, read with `datasets` (csv, json/jsonl, parquet, text; the format from the
 extension). `text-cls`: a text field and a label field (strings or integers; the label -> id mapping is sorted and
-recorded), scored by accuracy with macro-F1 and the majority baseline beside it.
+recorded), scored by accuracy with macro-F1 and the majority baseline beside it. `lm-text`: text packed into
+seq_len pieces, scored by perplexity. (`sft`, prompt/completion pairs, is in bench.tasks.sft.)
 
 Bad data is a clear error naming the file, the row and the field, with the columns that exist."""
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.tasks.base import TaskConfig
-from bench.tasks.batching import ExampleTask, classification_eval
+from bench.tasks.batching import ExampleTask, classification_eval, lm_loss_eval
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -62,24 +63,43 @@ def _existing(path: str, key: str) -> None:
 
 
 @dataclass
-class TextClsOptions(TaskConfig):
+class FileOptions(TaskConfig):
+    """A training file and its held-out part: an eval file, or a seeded fraction of the training file."""
+
     content_fields: ClassVar[tuple[str, ...]] = ("train_file", "eval_file")
     train_file: str = ""
-    eval_file: str = ""  # or eval_fraction of train_file, seeded and stratified
+    eval_file: str = ""  # or eval_fraction of train_file, seeded (stratified for classification)
     eval_fraction: float = 0.0
-    text_field: str = "text"
-    label_field: str = "label"
-    group_by_length: bool = False
 
     def __post_init__(self):
         if not self.train_file:
-            raise ValueError("text-cls needs train_file (a .csv, .json, .jsonl, .parquet or .tsv file)")
+            raise ValueError(f"train_file is required (a file with one of the extensions {', '.join(FORMATS)})")
         _existing(self.train_file, "train_file")
         _existing(self.eval_file, "eval_file")
         if bool(self.eval_file) == (self.eval_fraction > 0):
             raise ValueError("give one of eval_file and eval_fraction (0 < eval_fraction < 1)")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+
+def seeded_split(rows: list[Any], fraction: float, seed: int, path: str) -> tuple[list[Any], list[Any]]:
+    """(train rows, eval rows): a seeded `fraction` of the rows held out, at least one row on each side."""
+    import random
+
+    n_eval = max(1, round(fraction * len(rows)))
+    if n_eval >= len(rows):
+        raise DataError(f"{path}: {len(rows)} rows cannot be split into train and eval at eval_fraction {fraction}")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+@dataclass
+class TextClsOptions(FileOptions):
+    text_field: str = "text"
+    label_field: str = "label"
+    group_by_length: bool = False
 
 
 class TextClassification(ExampleTask):
@@ -157,3 +177,60 @@ def fraction_split(texts: list[str], labels: list[Any], fraction: float, seed: i
         [texts[i] for i in eval_idx],
         [labels[i] for i in eval_idx],
     )
+
+
+@dataclass
+class LMTextOptions(FileOptions):
+    text_field: str = "text"  # a .txt file's lines are its `text` field
+
+
+class LMText(ExampleTask):
+    """Your own text (a .txt file or a text field), packed into seq_len pieces; score = held-out perplexity."""
+
+    name = "lm-text"
+    model_kind = "causal_lm"
+    config_cls = LMTextOptions
+    metric = "perplexity"
+    higher_is_better = False
+    score_range = "perplexity"
+    needs_tokenizer = True
+    requires = ("datasets",)
+
+    def load(self) -> None:
+        cfg = self.config
+        train_rows = read_rows(cfg.train_file)
+        if cfg.eval_file:
+            eval_rows, eval_path = read_rows(cfg.eval_file), cfg.eval_file
+        else:
+            train_rows, eval_rows = seeded_split(train_rows, cfg.eval_fraction, self.seed, cfg.train_file)
+            eval_path = cfg.train_file
+        self.train = self._pack(train_rows, cfg.train_file, keep_tail=False)
+        self.eval = self._pack(eval_rows, eval_path, keep_tail=True)
+
+    def _pack(self, rows: list[dict[str, Any]], path: str, keep_tail: bool) -> list[dict[str, Any]]:
+        """The rows' texts as one token stream (EOS, else the separator, between texts) cut into seq_len pieces;
+        the partial last piece is dropped from training and kept for evaluation."""
+        field = self.config.text_field
+        rows = [r for r in rows if not (isinstance(r.get(field), str) and not r[field].strip())]  # blank lines
+        texts = field_values(rows or [{}], path, field, str)
+        tok = self.ctx.tokenizer
+        stop = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        ids: list[int] = []
+        for enc in tok(texts, add_special_tokens=False)["input_ids"]:
+            ids += enc + ([stop] if stop is not None else [])
+        n = self.seq_len
+        cut = len(ids) if keep_tail and len(ids) % n > 1 else len(ids) - len(ids) % n
+        pieces = [ids[i : i + n] for i in range(0, cut, n)]
+        if not pieces:
+            need = "2 (nothing to evaluate)" if keep_tail else f"seq_len {n} (nothing to train on)"
+            raise DataError(f"{path}: field {field!r} gives {len(ids)} tokens, fewer than {need}")
+        return [{"input_ids": p, "labels": p} for p in pieces]
+
+    def evaluate(self, model, device, batch_size, autocast) -> dict[str, float]:
+        import math
+
+        loss = lm_loss_eval(self, model, device, batch_size, autocast, self.eval)
+        return {"score": math.exp(loss), "perplexity": math.exp(loss), "eval_loss": loss}
+
+    def info(self) -> dict[str, Any]:
+        return {"train_sequences": len(self.train), "eval_sequences": len(self.eval), "seq_len": self.seq_len}
