@@ -244,6 +244,21 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(fn=_run)
 
 
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    rp = sub.add_parser("report", help="markdown/CSV/JSON tables and a trade-off plot from records")
+    rp.add_argument("source", help="out dir or results.jsonl")
+    rp.add_argument("-o", "--output", help="markdown file (default: print)")
+    rp.add_argument("--csv")
+    rp.add_argument("--json")
+    rp.add_argument("--plot")
+    rp.add_argument("--group-by", default="model,task")
+    rp.add_argument(
+        "--target", type=float, default=0.95, help="score-curve table: share of the group's best score to reach"
+    )
+    rp.add_argument("--plot-curves", help="score against training tokens for cells with eval_every (.png/.svg/.pdf)")
+    rp.set_defaults(fn=_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peft-bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -258,14 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="quick table of an out dir's records")
     sh.add_argument("out")
     sh.set_defaults(fn=_show)
-    rp = sub.add_parser("report", help="markdown/CSV/JSON tables and a trade-off plot from records")
-    rp.add_argument("source", help="out dir or results.jsonl")
-    rp.add_argument("-o", "--output", help="markdown file (default: print)")
-    rp.add_argument("--csv")
-    rp.add_argument("--json")
-    rp.add_argument("--plot")
-    rp.add_argument("--group-by", default="model,task")
-    rp.set_defaults(fn=_report)
+    add_report_parser(sub)
     cp = sub.add_parser("compare", help="what moved between two runs (out dirs or exports); exit 1 on regressions")
     cp.add_argument("old")
     cp.add_argument("new")

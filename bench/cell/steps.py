@@ -42,6 +42,8 @@ class Cell:
     general_what: str = ""
     allocator: Any = None  # bench.trackers.in_cell.TorchAllocatorTracker over the training phase
     num_labels: int | None = None  # the seq_cls head size, from the task's options (read once, in the load phase)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # score-curve points taken during training
+    train_stats: Any = None  # bench.cell.train.TrainStats of the training phase
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -261,11 +263,13 @@ def skip_eval_before(c: Cell) -> None:
 
 
 def phase_train(c: Cell) -> None:
-
+    from bench.cell.curve import curve_hook
     from bench.cell.measure import flops_per_token, utilisation
     from bench.cell.train import throughput_metrics, train
 
-    stats = train(c.model, c.task, c.spec, c.method, c.precision, c.device, c.clock)
+    hook = curve_hook(c, lambda: task_scores(c, c.model)["score"])
+    stats = train(c.model, c.task, c.spec, c.method, c.precision, c.device, c.clock, hook)
+    c.train_stats = stats
     if c.allocator is not None:
         c.allocator.stop()
         measured = c.allocator.attribute()
@@ -293,7 +297,10 @@ def clean_allocator(c: Cell) -> None:
 
 
 def phase_eval_after(c: Cell) -> None:
+    from bench.cell.curve import finish_curve
+
     score_into(c, "after")
+    finish_curve(c)
     forgetting(c)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ class TrainStats:
     shapes: set[tuple[int, ...]] = field(default_factory=set)  # input shapes seen (fixed-shape data: one per micro)
     counted_flops: float | None = None  # torch's FlopCounterMode over the first (warm-up) step
     counted_tokens: int = 0  # real tokens of that step
+    all_tokens: int = 0  # real tokens of every step, warm-up included
 
 
 def sync(device: str) -> None:
@@ -68,7 +70,14 @@ def input_casting_off(model: Any, policy: PrecisionPolicy) -> Any:
 
 
 def train(
-    model: Any, task: Any, spec: Any, method: Any, policy: PrecisionPolicy, device: str, marks: Any
+    model: Any,
+    task: Any,
+    spec: Any,
+    method: Any,
+    policy: PrecisionPolicy,
+    device: str,
+    marks: Any,
+    after_step: Callable[[int, TrainStats], None] | None = None,
 ) -> TrainStats:
     """`spec.steps` optimizer steps of `spec.batch_size` examples split into `spec.grad_accum` micro-batches.
 
@@ -115,6 +124,8 @@ def train(
             _account(stats, step_loss, micro, timed, elapsed)
             if math.isnan(stats.losses[-1]):  # _account stores every non-finite loss as nan
                 raise Diverged(step, float(step_loss), stats.losses)
+            if after_step is not None:  # outside the step's clock (a score-curve evaluation pauses the phases)
+                after_step(step, stats)
     if spec.steps > spec.warmup_steps:
         marks.end(Phase.TRAIN_TIMED)
     return stats
@@ -149,6 +160,7 @@ def _optimizer_step(optimizer: Any, scaler: Any, stats: TrainStats) -> None:
 def _account(stats: TrainStats, step_loss: Any, micro: list[dict[str, Any]], timed: bool, elapsed: float) -> None:
     value = float(step_loss)
     stats.all_steps_s += elapsed
+    stats.all_tokens += real_tokens(micro)
     stats.losses.append(value if math.isfinite(value) else float("nan"))
     for b in micro:
         stats.shapes.add(tuple(b["input_ids"].shape))

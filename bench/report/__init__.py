@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report.curves import curve_plot, curve_table
 from bench.report.frame import flatten, read_export, records_to_frame, with_ratios
 from bench.report.markdown import (
     FOOTNOTES,
@@ -48,7 +49,9 @@ def load(source: str | Path) -> pd.DataFrame:
     return records_to_frame(read.records)
 
 
-def to_markdown(df: pd.DataFrame, group_by: tuple[str, ...] = ("model", "task"), title: str | None = None) -> str:
+def to_markdown(
+    df: pd.DataFrame, group_by: tuple[str, ...] = ("model", "task"), title: str | None = None, target: float = 0.95
+) -> str:
     """The whole report: environment header, one table per group (with notes on failures), footnotes."""
     df = with_ratios(df)
     suite = title or (df["suite"].dropna().iloc[0] if df["suite"].notna().any() else "results")
@@ -65,6 +68,8 @@ def to_markdown(df: pd.DataFrame, group_by: tuple[str, ...] = ("model", "task"),
             out += [group_table(group), ""]
         notes = failure_notes(group)
         out += [*notes, ""] if notes else []
+        curves = curve_table(group, target)
+        out += [*curves, ""] if curves else []
     out += ["### How each column is measured", "", *[f"- {n}" for n in FOOTNOTES], ""]
     return "\n".join(out)
 
@@ -85,10 +90,17 @@ def main(args: Any) -> int:
         valid = ", ".join(GROUP_COLUMNS)
         print(f"error: --group-by {args.group_by!r}: unknown column(s) {bad}; valid: {valid}", file=sys.stderr)
         return 2
-    if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
-        print(f"error: --plot {args.plot}: give a {' / '.join(PLOT_SUFFIXES)} file", file=sys.stderr)
+    for flag, value in (("--plot", args.plot), ("--plot-curves", args.plot_curves)):
+        if value and Path(value).suffix.lower() not in PLOT_SUFFIXES:
+            print(f"error: {flag} {value}: give a {' / '.join(PLOT_SUFFIXES)} file", file=sys.stderr)
+            return 2
+    if not 0 < args.target <= 1:
+        print(f"error: --target {args.target}: give a share of the best score in (0, 1], e.g. 0.95", file=sys.stderr)
         return 2
-    md = to_markdown(df, group_by)
+    if args.plot_curves and not df["score_curve"].notna().any():
+        print("error: --plot-curves: no record has a score curve (set eval_every on an entry)", file=sys.stderr)
+        return 2
+    md = to_markdown(df, group_by, target=args.target)
     if args.output:
         _write(args.output, lambda p: p.write_text(md))
     else:
@@ -101,6 +113,8 @@ def main(args: Any) -> int:
         from bench.report.plot import pareto_plot
 
         _write(args.plot, lambda p: pareto_plot(with_ratios(df), p))
+    if args.plot_curves:
+        _write(args.plot_curves, lambda p: curve_plot(df, p, group_by))
     return 0
 
 

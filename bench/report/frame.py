@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -100,6 +101,7 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
             "suite_hash": spec.get("suite_hash"),
             "spec_hash": rec.get("spec_hash"),
             "checkpoint_error": (rec.get("checkpoint") or {}).get("error"),
+            "score_curve": json.dumps(rec["score_curve"]) if rec.get("score_curve") else None,
             "nonfinite": ",".join(
                 sorted(k for k, why in (rec.get("missing_reason") or {}).items() if str(why).startswith("not finite"))
             )
@@ -134,6 +136,7 @@ TEXT_COLUMNS = [
     "spec_hash",
     "checkpoint_error",
     "nonfinite",
+    "score_curve",
     *ENV,
 ]
 

@@ -36,6 +36,7 @@ class CellResult:
     task_info: dict[str, Any] | None = None
     model_info: dict[str, Any] | None = None
     loss_curve: list[float | None] | None = None
+    score_curve: list[dict[str, Any]] | None = None  # eval_every: {step, tokens, train_s, score}
     step_times_s: list[float] | None = None
     checkpoint: dict[str, Any] | None = None
     heavy_modules_loaded: list[str] | None = None

@@ -163,6 +163,8 @@ CORE: tuple[MetricSpec, ...] = (
     _m("score_after", "the task's headline metric after training", label="score after",
        plot_label="score after training", group="score"),
     _m("eval_time_s", "time of the evaluations before and after training", "s", label="eval s", group="score"),
+    _m("curve_eval_time_s", "time of the score-curve evaluations (eval_every), paused out of the training phase",
+       "s", label="curve eval s", group="score"),
     _m("general_loss_before", "LM loss on general text before training, method attached (causal LM)",
        label="general loss before", group="score"),
     _m("general_loss_after", "the same after training", label="general loss after", group="score"),

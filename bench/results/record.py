@@ -68,6 +68,10 @@ class Record:
     task_info: dict[str, Any] | None = _f("metric name and direction, score range, synthetic or not")
     model_info: dict[str, Any] | None = _f("model class, source, random weights or not, config hash")
     loss_curve: list[float] | None = _f("loss per optimizer step (effective-batch mean)")
+    score_curve: list[dict[str, Any]] | None = _f(
+        "with eval_every: `{step, tokens, train_s, score}` at step 0 (score_before), every N steps and the last step "
+        "(score_after); tokens and train_s are the real tokens and step time trained so far, warm-up included"
+    )
     step_times_s: list[float] | None = _f("time of each timed (post-warm-up) optimizer step")
     checkpoint: dict[str, Any] | None = _f(
         "what was saved: `{saved, dtype?, files, weight_bytes, total_bytes}` or `{error}`"
@@ -169,6 +173,7 @@ def build_record(
         task_info=child.task_info,
         model_info=child.model_info,
         loss_curve=json_safe(child.loss_curve),
+        score_curve=json_safe(child.score_curve),
         step_times_s=child.step_times_s,
         checkpoint=child.checkpoint,
         heavy_modules_loaded=child.heavy_modules_loaded,

@@ -46,6 +46,14 @@ TABLE: tuple[Default, ...] = (
     Default("device", str, "auto", "auto | cpu | cuda (auto: cuda when a GPU is visible)", False, None, DEVICES),
     Default("eval_batch_size", (int, type(None)), None, "null: the training micro-batch", True, 1),
     Default("eval_before", bool, True, "score the untrained model too (false: pure cost cells, faster)", True),
+    Default(
+        "eval_every",
+        int,
+        0,
+        "score every N optimizer steps (0: off) into score_curve; paused out of the timed steps' time, memory, energy",
+        True,
+        0,
+    ),
     Default("save_checkpoint", bool, True, "save what the method trains and count its bytes", False),
     Default(
         "allow_emulated_precision",

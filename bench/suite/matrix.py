@@ -125,6 +125,8 @@ def combination_problems(where: str, spec: RunSpec) -> list[str]:
             f"{where}: {label}: batch_size {spec.batch_size} is not divisible by grad_accum "
             f"{spec.grad_accum} (the effective batch is split into equal micro-batches)"
         )
+    if spec.eval_every and spec.eval_every >= spec.steps:
+        out.append(f"{where}: {label}: eval_every {spec.eval_every} must be < steps {spec.steps} (no curve point)")
     if spec.warmup_steps >= spec.steps:
         out.append(
             f"{where}: {label}: warmup_steps {spec.warmup_steps} must be < steps {spec.steps} (no step would be timed)"

@@ -24,6 +24,8 @@ ALL_AXES = (*AXES, *OPTIONAL_AXES)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 # Fields that do not change what a cell measures: editing them must not rerun finished cells.
 NOT_HASHED = ("suite", "suite_hash", "timeout_s")
+# Fields added after records existed: left out of the hash at these values, so older records still resume.
+HASHED_UNLESS = {"content": {}, "eval_every": 0}
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class RunSpec:
     device: str = VALUES["device"]
     eval_batch_size: int | None = VALUES["eval_batch_size"]
     eval_before: bool = VALUES["eval_before"]
+    eval_every: int = VALUES["eval_every"]
     save_checkpoint: bool = VALUES["save_checkpoint"]
     allow_emulated_precision: bool = VALUES["allow_emulated_precision"]
     cuda_alloc_conf: str = VALUES["cuda_alloc_conf"]
@@ -79,8 +82,9 @@ class RunSpec:
     def spec_hash(self) -> str:
         """Hash of every resolved value that changes what the cell measures (not of the suite file's text)."""
         data = {k: v for k, v in asdict(self).items() if k not in NOT_HASHED}
-        if not data["content"]:  # no local files: the hash of specs written before the field stays the same
-            del data["content"]
+        for key, value in HASHED_UNLESS.items():
+            if data[key] == value:
+                del data[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,6 +5,8 @@ cell process's lifetime resident peak (ru_maxrss)."""
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from bench.trackers import Measured, Spans
@@ -19,6 +21,7 @@ class TorchAllocatorTracker:
     def __init__(self, device: str):
         self.device = device
         self.peaks: dict[str, float] = {}
+        self._before_pause = (0.0, 0.0)  # peaks (allocated, reserved) MiB before the last pause
 
     def start(self, pid: int | None = None) -> None:
         if self.device != "cuda":
@@ -36,9 +39,27 @@ class TorchAllocatorTracker:
 
         torch.cuda.synchronize()
         self.peaks = {
-            "torch_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "torch_peak_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
+            "torch_peak_allocated_mib": max(torch.cuda.max_memory_allocated() / 2**20, self._before_pause[0]),
+            "torch_peak_reserved_mib": max(torch.cuda.max_memory_reserved() / 2**20, self._before_pause[1]),
         }
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Work mid-phase that is not training (a score-curve evaluation): the peaks so far are kept, and torch's
+        peak counters restart after it, so its allocations are not the training peak."""
+        if self.device != "cuda":
+            yield
+            return
+        import torch
+
+        torch.cuda.synchronize()
+        mib = (torch.cuda.max_memory_allocated() / 2**20, torch.cuda.max_memory_reserved() / 2**20)
+        self._before_pause = (max(mib[0], self._before_pause[0]), max(mib[1], self._before_pause[1]))
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
 
     def attribute(self, phases: Spans | None = None, timed_tokens: int | None = None) -> Measured:
         if self.device != "cuda":

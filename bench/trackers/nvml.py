@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import psutil
 
 from bench.trackers import Measured
-from bench.trackers.phases import Phase
+from bench.trackers.phases import Phase, inside
 
 BACKEND_ENV = "PEFT_BENCH_NVML_BACKEND"
 
@@ -136,13 +136,18 @@ class Timeline:
         self.tree.append(tree)
         self.energy.append(math.nan if energy is None else energy)
 
-    def window(self, start: float, end: float) -> dict[str, float | None]:
-        """Peaks and energy between two unix times (energy interpolated at the edges)."""
-        idx = [i for i, t in enumerate(self.t) if start <= t <= end]
+    def window(self, start: float, end: float, pauses: Any = ()) -> dict[str, float | None]:
+        """Peaks and energy between two unix times (energy interpolated at the edges), leaving out pauses."""
+        span = {"start_unix": start, "end_unix": end, "pauses": pauses}
+        idx = [i for i, t in enumerate(self.t) if inside(t, span)]
+        energy = self._energy_between(start, end)
+        for t0, t1 in pauses:
+            paused = self._energy_between(t0, t1)
+            energy = None if energy is None or paused is None else energy - paused
         return {
             "peak_nvml_mib": max((self.used[i] for i in idx), default=None),
             "peak_nvml_process_mib": max((self.tree[i] for i in idx if not math.isnan(self.tree[i])), default=None),
-            "energy_j": self._energy_between(start, end),
+            "energy_j": energy,
         }
 
     def _energy_between(self, start: float, end: float) -> float | None:
@@ -260,7 +265,7 @@ def attribute(
     per_phase = {}
     for name, span in phases.items():
         if span.get("start_unix") is not None and span.get("end_unix") is not None:
-            per_phase[name] = tl.window(span["start_unix"], span["end_unix"])
+            per_phase[name] = tl.window(span["start_unix"], span["end_unix"], span.get("pauses", ()))
     train, timed = per_phase.get(Phase.TRAIN, {}), per_phase.get(Phase.TRAIN_TIMED, {})
     metrics["train_peak_nvml_mib"] = train.get("peak_nvml_mib")
     metrics["train_peak_nvml_process_mib"] = train.get("peak_nvml_process_mib")

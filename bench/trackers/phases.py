@@ -27,6 +27,7 @@ class Phase(StrEnum):
     EVAL_BEFORE   score_before = task.evaluate(model)        skipped when eval_before is false
     TRAIN         for step in range(steps): forward, backward, optimizer step
       TRAIN_TIMED     the steps after warm-up: the window of every headline speed, memory and energy figure
+      (score-curve evaluations, `eval_every`, are pauses of both: excluded from their time, memory and energy)
     EVAL_AFTER    score_after = task.evaluate(model); general-text loss after (forgetting)
     SAVE          method.save(model, RUN_DIR/checkpoint)      skipped when save_checkpoint is false
     INFERENCE     generation cost: base, unmerged adapter, merged   only when `inference` is set
@@ -72,8 +73,24 @@ class PhaseClock:
         self.sync()
         span = self.spans[name]
         span["end_unix"] = time.time()
-        span["duration_s"] = span["end_unix"] - span["start_unix"]
+        span["duration_s"] = span["end_unix"] - span["start_unix"] - paused_s(span)
         self._write({"phase": name, "end_unix": span["end_unix"]})
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Work inside every open phase that is not part of it (a score-curve evaluation mid-training): the interval
+        is recorded as a pause of each open phase, and trackers leave it out of that phase's figures."""
+        self.sync()
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.sync()
+            t1 = time.time()
+            for name, span in self.spans.items():
+                if "end_unix" not in span:
+                    span.setdefault("pauses", []).append([t0, t1])
+                    self._write({"phase": name, "pause": [t0, t1]})
 
     @contextmanager
     def phase(self, name: Phase) -> Iterator[None]:
@@ -112,5 +129,19 @@ def read_marks(path: Path) -> dict[str, dict[str, float]]:
         except ValueError:
             continue  # a torn last mark
         span = spans.setdefault(mark["phase"], {})
+        if "pause" in mark:
+            span.setdefault("pauses", []).append(mark["pause"])
+            continue
         span.update({k: v for k, v in mark.items() if k != "phase"})
     return spans
+
+
+def paused_s(span: dict[str, Any]) -> float:
+    return sum(t1 - t0 for t0, t1 in span.get("pauses", ()))
+
+
+def inside(t: float, span: dict[str, Any]) -> bool:
+    """Whether unix time t is in the span and not in one of its pauses."""
+    if not span["start_unix"] <= t <= span["end_unix"]:
+        return False
+    return not any(t0 <= t <= t1 for t0, t1 in span.get("pauses", ()))

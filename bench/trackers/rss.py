@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 
 from bench.trackers import Measured
-from bench.trackers.phases import Phase
+from bench.trackers.phases import Phase, inside
 
 MIB = 2**20
 
@@ -59,8 +59,9 @@ class RssSampler:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def window_peak(self, start: float, end: float) -> float | None:
-        return max((r for t, r in zip(self.t, self.rss) if start <= t <= end), default=None)
+    def window_peak(self, start: float, end: float, pauses: Any = ()) -> float | None:
+        span = {"start_unix": start, "end_unix": end, "pauses": pauses}
+        return max((r for t, r in zip(self.t, self.rss) if inside(t, span)), default=None)
 
     def at(self, when: float) -> float | None:
         """The last sample at or before `when`."""
@@ -71,7 +72,7 @@ class RssSampler:
 def attribute(sampler: RssSampler, phases: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str], dict]:
     """(metrics, missing reasons, per-phase peaks) of the tree's RSS."""
     per_phase = {
-        name: {"peak_rss_tree_mib": sampler.window_peak(s["start_unix"], s["end_unix"])}
+        name: {"peak_rss_tree_mib": sampler.window_peak(s["start_unix"], s["end_unix"], s.get("pauses", ()))}
         for name, s in phases.items()
         if s.get("start_unix") is not None and s.get("end_unix") is not None
     }
