@@ -123,7 +123,7 @@ LAYERS: dict[str, set[str]] = {
     "methods": {"core", "results", "models", "tasks"},
     "tasks": {"core", "results", "models", "scoring"},
     "registry": {"core", "results", "methods", "tasks"},
-    "suite": {"core", "registry", "models", "methods", "tasks"},
+    "suite": {"core", "registry", "models", "methods", "tasks", "scoring"},
     "plan": {"core", "env", "registry", "models", "methods", "tasks", "suite"},
     "cell": {
         "core",

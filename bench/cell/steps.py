@@ -44,6 +44,7 @@ class Cell:
     num_labels: int | None = None  # the seq_cls head size, from the task's options (read once, in the load phase)
     curve: list[dict[str, Any]] = field(default_factory=list)  # score-curve points taken during training
     train_stats: Any = None  # bench.cell.train.TrainStats of the training phase
+    lm_eval_cache: dict[str, Any] = field(default_factory=dict)  # lm-eval's task index, built once per cell
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -78,6 +79,7 @@ def phase_import(c: Cell) -> None:
         *c.method_cls.requires,
         *c.task_cls.requires,
         *(("bitsandbytes",) if spec.precision in QUANTIZED else ()),
+        *(("datasets", "lm_eval", "lm_eval.models.huggingface", "lm_eval.tasks") if spec.lm_eval else ()),
     ):
         importlib.import_module(module)
     c.device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
@@ -238,11 +240,29 @@ def task_scores(c: Cell, model: Any) -> dict[str, Any]:
 
 
 def score_into(c: Cell, when: str) -> None:
-    """The task's metrics now, as `score_<when>` and `<metric>_<when>`."""
+    """The task's metrics now, as `score_<when>` and `<metric>_<when>`; lm-eval's too where the suite asks."""
     scores = task_scores(c, c.model)
     c.metrics[f"score_{when}"] = scores["score"]
     for key in scores.keys() - {"score"}:
         c.metrics[f"{key}_{when}"] = scores[key]
+    if c.spec.lm_eval:
+        from bench.models.loading import hub_unreachable
+        from bench.scoring.harness import lm_eval_scores
+
+        dtype = None if c.precision.mixed_precision == "no" else c.precision.compute_dtype
+        figures, kept = lm_eval_scores(
+            c.model,
+            c.tokenizer,
+            c.spec.lm_eval,
+            when,
+            c.spec.eval_batch,
+            dtype,
+            c.method_cls.prepends_tokens,
+            c.lm_eval_cache,
+            hub_unreachable(),
+        )
+        c.metrics.update(figures)
+        c.result.task_info.setdefault("lm_eval", {}).update(kept)
 
 
 def general_loss(c: Cell) -> float:

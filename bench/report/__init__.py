@@ -12,6 +12,7 @@ import pandas as pd
 
 from bench.report.curves import curve_plot, curve_table
 from bench.report.frame import flatten, read_export, records_to_frame, with_ratios
+from bench.report.harness_scores import lm_eval_table
 from bench.report.markdown import (
     FOOTNOTES,
     env_header,
@@ -68,6 +69,8 @@ def to_markdown(
             out += [group_table(group), ""]
         notes = failure_notes(group)
         out += [*notes, ""] if notes else []
+        standard = lm_eval_table(group)
+        out += [*standard, ""] if standard else []
         curves = curve_table(group, target)
         out += [*curves, ""] if curves else []
     out += ["### How each column is measured", "", *[f"- {n}" for n in FOOTNOTES], ""]

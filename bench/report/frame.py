@@ -51,6 +51,7 @@ METRICS = [
     "energy_per_token_j",
     "final_loss",
 ]
+LM_EVAL_PREFIX = "lm_eval_"  # lm-evaluation-harness figures: lm_eval_<task>_<metric>_<before|after>
 TIMINGS = [
     "time_spawn_s",
     "time_import_s",
@@ -109,15 +110,18 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
         }
     )
     row.update({k: env.get(k) if k not in ("torch", "transformers", "peft") else packages.get(k) for k in ENV})
+    row.update({k: v for k, v in sorted(m.items()) if k.startswith(LM_EVAL_PREFIX)})  # one column per task x metric
     if row["gpu_name"] is None:
         row["gpu_name"] = env.get("nvml_gpu_name")
     return row
 
 
 def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Latest attempt per run_id, one row each, in first-seen order."""
+    """Latest attempt per run_id, one row each, in first-seen order; lm-eval figures as extra columns."""
     rows = [flatten(r) for r in latest_by_run_id(list(records)).values()]
-    return pd.DataFrame(rows, columns=list(flatten({"run_id": ""}).keys()))
+    columns = list(flatten({"run_id": ""}).keys())
+    extra = sorted({k for r in rows for k in r} - set(columns))
+    return pd.DataFrame(rows, columns=[*columns, *extra])
 
 
 TEXT_COLUMNS = [

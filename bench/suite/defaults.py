@@ -70,6 +70,14 @@ TABLE: tuple[Default, ...] = (
         True,
     ),
     Default(
+        "lm_eval",
+        (dict, type(None)),
+        None,
+        "lm-evaluation-harness scores before and after training, e.g. `{tasks: [my_mc], include_path: DIR, limit: "
+        "100}` (causal LM; pip install -e .[lm-eval])",
+        True,
+    ),
+    Default(
         "cuda_alloc_conf",
         str,
         "expandable_segments:True",

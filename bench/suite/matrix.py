@@ -106,6 +106,7 @@ def to_spec(suite: Any, cell: dict[str, Any]) -> RunSpec:
             {
                 "model_options": (plugin_options(model), ("tokenizer",)),
                 "task_options": (plugin_options(task), registry.load_task(task["name"]).config_cls.content_fields),
+                "lm_eval": (training.get("lm_eval") or {}, ("include_path",)),
                 "method_options": (
                     plugin_options(method),
                     registry.load_method(method["name"]).config_cls.content_fields,
@@ -125,6 +126,8 @@ def combination_problems(where: str, spec: RunSpec) -> list[str]:
             f"{where}: {label}: batch_size {spec.batch_size} is not divisible by grad_accum "
             f"{spec.grad_accum} (the effective batch is split into equal micro-batches)"
         )
+    if spec.lm_eval and registry.load_task(spec.task).model_kind != "causal_lm":
+        out.append(f"{where}: {label}: lm_eval scores causal LMs; task {spec.task!r} trains a sequence classifier")
     if spec.eval_every and spec.eval_every >= spec.steps:
         out.append(f"{where}: {label}: eval_every {spec.eval_every} must be < steps {spec.steps} (no curve point)")
     if spec.warmup_steps >= spec.steps:

@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 # Fields that do not change what a cell measures: editing them must not rerun finished cells.
 NOT_HASHED = ("suite", "suite_hash", "timeout_s")
 # Fields added after records existed: left out of the hash at these values, so older records still resume.
-HASHED_UNLESS = {"content": {}, "eval_every": 0}
+HASHED_UNLESS = {"content": {}, "eval_every": 0, "lm_eval": None}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class RunSpec:
     allow_emulated_precision: bool = VALUES["allow_emulated_precision"]
     cuda_alloc_conf: str = VALUES["cuda_alloc_conf"]
     inference: dict[str, Any] | None = VALUES["inference"]
+    lm_eval: dict[str, Any] | None = VALUES["lm_eval"]
     grad_ckpt: bool = False
     model_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)

@@ -3,12 +3,15 @@ grad_accum, grad_ckpt, seeds). Used by suite loading and by matrix expansion (in
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from bench import registry
 from bench.errors import RegistryError
 from bench.models import sources
 from bench.options import parse_options, suggest, type_error
+from bench.scoring.harness import INSTALL as LM_EVAL_INSTALL
+from bench.scoring.harness import LmEvalOptions
 from bench.suite.defaults import BY_KEY, ENTRY_OVERRIDES, InferenceOptions
 from bench.suite.spec import PRECISIONS
 
@@ -25,6 +28,12 @@ def check_default(key: str, value: Any, where: str, problems: list[str], out: di
         problems.append(f"{where}: must be {bound}, got {value!r}")
     elif key == "inference" and value is not None:
         _, errs = parse_options(InferenceOptions, value, where)
+        problems.extend(errs)
+        out[key] = value
+    elif key == "lm_eval" and value is not None:
+        _, errs = parse_options(LmEvalOptions, value, where)
+        if importlib.util.find_spec("lm_eval") is None:
+            errs.append(f"{where}: the lm_eval package is not installed: {LM_EVAL_INSTALL}")
         problems.extend(errs)
         out[key] = value
     else:
