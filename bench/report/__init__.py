@@ -13,6 +13,7 @@ import pandas as pd
 from bench.report.curves import curve_plot, curve_table
 from bench.report.frame import flatten, read_export, records_to_frame, with_ratios
 from bench.report.harness_scores import lm_eval_table
+from bench.report.knowledge import knowledge_table
 from bench.report.markdown import (
     FOOTNOTES,
     env_header,
@@ -69,6 +70,8 @@ def to_markdown(
             out += [group_table(group), ""]
         notes = failure_notes(group)
         out += [*notes, ""] if notes else []
+        knowledge = knowledge_table(group)
+        out += [*knowledge, ""] if knowledge else []
         standard = lm_eval_table(group)
         out += [*standard, ""] if standard else []
         curves = curve_table(group, target)

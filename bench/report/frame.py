@@ -45,6 +45,8 @@ METRICS = [
     "score_before",
     "score_after",
     "majority_baseline_after",
+    "score_paraphrase_before",
+    "score_paraphrase_after",
     "forgetting_delta",
     "energy_j",
     "train_energy_j",

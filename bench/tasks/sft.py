@@ -131,28 +131,8 @@ class SFT(ExampleTask):
         return {"score": em, "exact_match": em, "token_f1": f1, "completion_loss": loss}
 
     def greedy(self, model, device, batch_size, autocast) -> list[list[int]]:
-        """Each eval prompt's greedy continuation up to (not including) the stop token, in eval order."""
-        import torch
-
-        by_length: dict[int, list[int]] = {}
-        for i, e in enumerate(self.eval):
-            by_length.setdefault(len(e["prompt"]), []).append(i)
-        out: list[list[int]] = [[] for _ in self.eval]
-        with torch.no_grad(), autocast():
-            for group in by_length.values():
-                for chunk in batched(group, batch_size):
-                    ids = torch.tensor([self.eval[i]["prompt"] for i in chunk], device=device)
-                    done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-                    for _ in range(self.config.max_new_tokens):
-                        nxt = model(input_ids=ids).logits[:, -1].argmax(-1)
-                        if self.stop is not None:
-                            done |= nxt == self.stop
-                        ids = torch.cat([ids, nxt[:, None]], dim=1)
-                        if bool(done.all()):
-                            break
-                    for row, i in zip(ids[:, len(self.eval[chunk[0]]["prompt"]) :].tolist(), chunk):
-                        out[i] = row[: row.index(self.stop)] if self.stop in row else row
-        return out
+        prompts = [e["prompt"] for e in self.eval]
+        return greedy(model, prompts, device, batch_size, autocast, self.config.max_new_tokens, self.stop)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -162,3 +142,31 @@ class SFT(ExampleTask):
             "packed": self.config.packing,
             "stop_token_id": self.stop,
         }
+
+
+def greedy(
+    model: Any, prompts: list[list[int]], device: str, batch_size: int, autocast: Any, max_new: int, stop: int | None
+) -> list[list[int]]:
+    """Each prompt's greedy continuation of up to `max_new` tokens, cut before the first `stop` token; prompts of
+    equal length are batched together (no padding), no KV cache: every method decodes the same way."""
+    import torch
+
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    out: list[list[int]] = [[] for _ in prompts]
+    with torch.no_grad(), autocast():
+        for n, group in by_length.items():
+            for chunk in batched(group, batch_size):
+                ids = torch.tensor([prompts[i] for i in chunk], device=device)
+                done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+                for _ in range(max_new):
+                    nxt = model(input_ids=ids).logits[:, -1].argmax(-1)
+                    if stop is not None:
+                        done |= nxt == stop
+                    ids = torch.cat([ids, nxt[:, None]], dim=1)
+                    if bool(done.all()):
+                        break
+                for row, i in zip(ids[:, n:].tolist(), chunk):
+                    out[i] = row[: row.index(stop)] if stop in row else row
+    return out
