@@ -209,3 +209,24 @@ def test_a_bad_tokenizer_option_is_refused_at_suite_load(tmp_path):
     suite = make_suite(tmp_path, matrix, name="tk")
     res = cli("run", str(suite), "--dry-run")
     assert res.returncode == 2 and "tokenizer 'tiny-bert': a named config has no tokenizer" in res.stderr
+
+
+def test_the_shipped_example_suite_loads_and_its_data_is_what_make_py_writes(tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    spec = importlib.util.spec_from_file_location("make_examples", root / "examples" / "data" / "make.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    (tmp_path / "lm_eval").mkdir()
+    monkeypatch.setattr(make, "HERE", tmp_path)
+    make.main()
+    shipped = root / "examples" / "data"
+    for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        assert path.read_bytes() == (shipped / path.relative_to(tmp_path)).read_bytes(), path.name
+    shutil.rmtree(tmp_path / "lm_eval")
+    res = cli("run", str(root / "suites" / "own-data.yaml"), "--dry-run", cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert "4 cells" in res.stdout + res.stderr
