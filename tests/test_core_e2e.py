@@ -129,6 +129,7 @@ def test_local_model_directory_runs_through_from_pretrained(tmp_path):
         "source": "dir",
         "random_weights": False,
         "has_tokenizer": False,
+        "tokenizer": None,
     }
 
 
