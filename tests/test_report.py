@@ -68,12 +68,53 @@ def test_plot_is_a_png_with_one_point_per_successful_cell(tmp_path):
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", head[16:24])
     assert width > 500 and height > 300
-    sidecar = json.loads(path.with_suffix(".json").read_text())
+    sidecar = json.loads((tmp_path / "plot.points.json").read_text())
     assert sidecar == json.loads(json.dumps(data))
     (group,) = sidecar["groups"]
     assert [len(p["points"]) for p in group["panels"]] == [5, 5]
     assert group["panels"][0]["x"] == "train_peak_nvml_process_mib"
-    assert "full bf16 ga1" in group["panels"][0]["front"]
+    assert group["panels"][0]["y_label"] == "exact_match after training"  # the task's metric, not "score"
+    assert "full bf16" in group["panels"][0]["front"]
+    for panel in group["panels"]:  # every label placed where it overlaps no other
+        boxes = [p["label_box"] for p in panel["points"]]
+        overlap = lambda a, b: a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]  # noqa: E731
+        assert not [(i, j) for i in range(len(boxes)) for j in range(i) if overlap(boxes[i], boxes[j])]
+        assert len({(p["family"], p["precision"]) for p in panel["points"]}) > 1  # colour and marker carry these
+
+
+def test_plot_leaves_out_groups_where_nothing_succeeded_and_never_overwrites_the_json_export(tmp_path):
+    from bench.cli import main
+
+    recs = [json.loads(line) for line in (FIX / "report_records.jsonl").read_text().splitlines()]
+    dead = copy.deepcopy(recs[0])
+    dead.update(run_id="other--x--full", status="failed")
+    dead["spec"].update(model="other-model")
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [*recs, dead]))
+    data = pareto_plot(report.with_ratios(report.load(path)), tmp_path / "p.png")
+    assert [g["model"] for g in data["groups"]] == ["llama-1b-shape"]  # no empty panel for other-model
+    rc = main(["report", str(path), "-o", str(tmp_path / "r.md"), "--json", str(tmp_path / "r.json"),
+               "--plot", str(tmp_path / "r.png")])  # fmt: skip
+    assert rc == 0 and isinstance(json.loads((tmp_path / "r.json").read_text()), list)  # the records, not points
+    assert (
+        main(["report", str(path), "--json", str(tmp_path / "q.points.json"), "--plot", str(tmp_path / "q.png")]) == 2
+    )
+
+
+def test_a_metric_in_the_table_reaches_the_report_and_the_csv_without_report_code(tmp_path):
+    recs = [json.loads(line) for line in (FIX / "report_records.jsonl").read_text().splitlines()]
+    for rec in recs:
+        rec["metrics"]["widget_rate"] = 0.25
+        rec["metric_specs"] = {"widget_rate": {"doc": "widgets per token a plugin measured", "label": "widget rate",
+                                               "group": "widgets"}}  # fmt: skip
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    df = report.load(path)
+    md = report.to_markdown(df)
+    assert "Widgets:" in md and "| method | precision | ga | widget rate |" in md
+    assert "- widget rate: widgets per token a plugin measured" in md
+    df.to_csv(tmp_path / "r.csv", index=False)
+    assert "widget_rate" in (tmp_path / "r.csv").read_text().splitlines()[0]
 
 
 def test_csv_and_json_exports_round_trip(tmp_path):

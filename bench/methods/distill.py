@@ -73,6 +73,8 @@ class Distill(Method):
     trains_base = True
     quantized_base_ok = False
     metric_specs = (
+        MetricSpec("teacher_score", "the task's score of the frozen teacher on the same held-out split (scored when "
+                   "it is loaded: its time is in the apply phase)", label="teacher score", group="distill"),
         MetricSpec("teacher_params", "parameters of the frozen teacher (0 without one)", label="teacher params",
                    fmt="int", group="distill"),
         MetricSpec("teacher_memory_mib", "bytes of the teacher's weights and buffers on the device", "MiB",
@@ -89,6 +91,7 @@ class Distill(Method):
         super().__init__(config, ctx)
         self.teacher: Any = None
         self.teacher_s = 0.0
+        self.teacher_score: float | None = None
         self.kept: list[int] | None = None
         cls = ctx.load_method(config.student_method)
         inner_cfg, problems = parse_options(cls.config_cls, config.student_method_options, "student_method")
@@ -101,6 +104,8 @@ class Distill(Method):
         self.kept = keep_layers(model, config.student_layers) if config.student_layers else None
         if config.alpha > 0:
             self.teacher = self.ctx.load_frozen_model(config.teacher, config.teacher_options)
+            if self.ctx.evaluate is not None:  # the ceiling its students are measured against
+                self.teacher_score = self.ctx.evaluate(self.teacher)
         return self.inner.apply(model)
 
     def load(self, base_model: Any, ckpt_dir: Path) -> Any:
@@ -143,6 +148,7 @@ class Distill(Method):
             "teacher_forward_s": self.teacher_s,
             "teacher_forward_share": self.teacher_s / train_time_s if train_time_s else None,
             "student_layers": len(self.kept) if self.kept else None,
+            "teacher_score": self.teacher_score,
         }
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from bench.report.curves import curve_plot, curve_table
 from bench.report.frame import flatten, read_export, records_to_frame, with_ratios
+from bench.report.groups import group_tables, metric_table
 from bench.report.harness_scores import lm_eval_table
 from bench.report.knowledge import knowledge_table
 from bench.report.markdown import (
@@ -55,6 +56,7 @@ def to_markdown(
     df: pd.DataFrame, group_by: tuple[str, ...] = ("model", "task"), title: str | None = None, target: float = 0.95
 ) -> str:
     """The whole report: environment header, one table per group (with notes on failures), footnotes."""
+    specs = metric_table(df)
     df = with_ratios(df)
     suite = title or (df["suite"].dropna().iloc[0] if df["suite"].notna().any() else "results")
     out = [f"# peft-bench report: {suite}", "", *env_header(df, suite), ""]
@@ -70,6 +72,8 @@ def to_markdown(
             out += [group_table(group), ""]
         notes = failure_notes(group)
         out += [*notes, ""] if notes else []
+        extra = group_tables(group, specs)
+        out += extra
         knowledge = knowledge_table(group)
         out += [*knowledge, ""] if knowledge else []
         standard = lm_eval_table(group)
@@ -99,6 +103,12 @@ def main(args: Any) -> int:
     for flag, value in (("--plot", args.plot), ("--plot-curves", args.plot_curves)):
         if value and Path(value).suffix.lower() not in PLOT_SUFFIXES:
             print(f"error: {flag} {value}: give a {' / '.join(PLOT_SUFFIXES)} file", file=sys.stderr)
+            return 2
+    if args.plot and args.json:
+        from bench.report.plot import sidecar_path
+
+        if sidecar_path(args.plot).resolve() == Path(args.json).resolve():
+            print(f"error: --json {args.json} is the plot's points file; name the export otherwise", file=sys.stderr)
             return 2
     if not 0 < args.target <= 1:
         print(f"error: --target {args.target}: give a share of the best score in (0, 1], e.g. 0.95", file=sys.stderr)

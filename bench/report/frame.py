@@ -112,18 +112,25 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
         }
     )
     row.update({k: env.get(k) if k not in ("torch", "transformers", "peft") else packages.get(k) for k in ENV})
-    row.update({k: v for k, v in sorted(m.items()) if k.startswith(LM_EVAL_PREFIX)})  # one column per task x metric
+    # every other figure of the record too (lm-eval's, each method's own, inference...): one column each
+    row.update({k: v for k, v in sorted(m.items()) if k not in row and isinstance(v, (int, float, str, type(None)))})
     if row["gpu_name"] is None:
         row["gpu_name"] = env.get("nvml_gpu_name")
     return row
 
 
 def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Latest attempt per run_id, one row each, in first-seen order; lm-eval figures as extra columns."""
-    rows = [flatten(r) for r in latest_by_run_id(list(records)).values()]
+    """Latest attempt per run_id, one row each, in first-seen order; every metric of the records a column."""
+    records = list(latest_by_run_id(list(records)).values())
+    rows = [flatten(r) for r in records]
     columns = list(flatten({"run_id": ""}).keys())
     extra = sorted({k for r in rows for k in r} - set(columns))
-    return pd.DataFrame(rows, columns=[*columns, *extra])
+    df = pd.DataFrame(rows, columns=[*columns, *extra])
+    specs: dict[str, Any] = {}
+    for rec in records:
+        specs.update(rec.get("metric_specs") or {})
+    df.attrs["metric_specs"] = specs  # the plugins' metric rows, for the report's per-group tables
+    return df
 
 
 TEXT_COLUMNS = [
