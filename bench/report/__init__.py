@@ -28,7 +28,7 @@ from bench.report.markdown import (
     group_table,
 )
 from bench.report.repeats import repeats_table
-from bench.results.store import read_records
+from bench.results.store import latest_by_run_id, read_records
 
 __all__ = [
     "flatten",
@@ -131,6 +131,11 @@ def main(args: Any) -> int:
         _write(args.plot, lambda p: pareto_plot(with_ratios(df), p))
     if args.plot_curves:
         _write(args.plot_curves, lambda p: curve_plot(df, p, group_by))
+    if args.html:
+        from bench.report.html import write_html
+
+        records = list(latest_by_run_id(read_records(Path(args.source)).records).values())
+        _write(args.html, lambda p: write_html(df, records, md, p, group_by))
     return 0
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.results.store import latest_by_run_id
@@ -192,9 +193,9 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col in ("mem_x", "speed_x", "ckpt_x", "score_delta"):
         out[col] = math.nan
-    if base.empty:
-        return out
     mem = memory_column(df)
+    if base.empty:
+        return with_axis_costs(out, mem)
     cols = ["tokens_per_s", "checkpoint_bytes", "score_after", mem]
     merged = out[keys].merge(base[keys + cols].drop_duplicates(keys), on=keys, how="left", suffixes=("", "_full"))
     ok = (out["status"] == "success").to_numpy()
@@ -205,4 +206,27 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     out["score_delta"] = num(out["score_after"]) - num(merged["score_after"])
     for col in ("mem_x", "speed_x", "ckpt_x", "score_delta"):
         out.loc[~ok, col] = math.nan
+    return with_axis_costs(out, mem)
+
+
+RATIO_AXES = ("precision", "grad_accum", "grad_ckpt", "seed")
+AXIS_COSTS = {  # prefix -> (the axis, its baseline value): the same method with only that axis changed
+    "gc": ("grad_ckpt", False),
+    "prec": ("precision", "fp32"),
+}
+
+
+def with_axis_costs(df: pd.DataFrame, mem: str) -> pd.DataFrame:
+    """What one axis costs a method: memory and speed of a gradient-checkpointing cell against the same method
+    without it (`gc_mem_x`, `gc_speed_x`), of a bf16/fp16/quantized cell against the same method in fp32
+    (`prec_mem_x`, `prec_speed_x`); NaN where that baseline did not run or did not succeed."""
+    num = lambda s: pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)  # noqa: E731
+    out = df
+    for prefix, (axis, base_value) in AXIS_COSTS.items():
+        keys = [k for k in ("model", "task", "method_label", *RATIO_AXES) if k != axis]
+        base = df[(df[axis] == base_value) & (df["status"] == "success")][[*keys, mem, "tokens_per_s"]]
+        merged = df[keys].merge(base.drop_duplicates(keys), on=keys, how="left", suffixes=("", "_base"))
+        keep = ((df[axis] != base_value) & (df["status"] == "success")).to_numpy()
+        out[f"{prefix}_mem_x"] = np.where(keep, num(df[mem]) / num(merged[mem]), np.nan)
+        out[f"{prefix}_speed_x"] = np.where(keep, num(df["tokens_per_s"]) / num(merged["tokens_per_s"]), np.nan)
     return out

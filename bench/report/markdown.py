@@ -114,6 +114,8 @@ def group_table(df: pd.DataFrame) -> str:
     headers += [("est. / torch alloc MiB" if gpu_estimate else "est. / RSS growth MiB (train)")] if has_estimate else []
     headers += ["checkpoint", "score before → after"]
     headers += ["mem × full", "speed × full", "ckpt × full", "Δ score vs full"] if has_ratio else []
+    costs = [p for p in ("gc", "prec") if f"{p}_speed_x" in df and df[f"{p}_speed_x"].notna().any()]
+    headers += [COST_HEADERS[p] for p in costs]
     rows = []
     for _, r in df.iterrows():
         trainable = (
@@ -135,8 +137,18 @@ def group_table(df: pd.DataFrame) -> str:
         ]
         if has_ratio:
             row += [fmt_ratio(r["mem_x"]), fmt_ratio(r["speed_x"]), fmt_ratio(r["ckpt_x"]), fmt_delta(r["score_delta"])]
+        row += [_cost_text(r, p) for p in costs]
         rows.append(row)
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+COST_HEADERS = {"gc": "grad ckpt on / off: mem ×, speed ×", "prec": "vs fp32: mem ×, speed ×"}
+
+
+def _cost_text(r: pd.Series, prefix: str) -> str:
+    """What this cell's checkpointing (or precision) costs against the same method without it."""
+    mem, speed = r.get(f"{prefix}_mem_x"), r.get(f"{prefix}_speed_x")
+    return "" if pd.isna(speed) else f"{fmt_ratio(mem)}, {fmt_ratio(speed)}"
 
 
 def group_remarks(group: pd.DataFrame) -> str:
@@ -206,6 +218,8 @@ FOOTNOTES = [
     "checkpoint: bytes of the weight files the method saves (adapter weights only for PEFT methods).",
     "score: the task's headline metric on the same held-out split before and after training.",
     "× full / Δ: against the `full` cell with the same model, task, precision, grad accum, checkpointing and seed.",
+    "grad ckpt on / off: a gradient-checkpointing cell against the same method without it (what checkpointing "
+    "costs in memory and speed); vs fp32: a bf16/fp16/quantized cell against the same method in fp32.",
     "(emulated): bf16 on a CPU without native bf16, run because the suite opted in; its speed measures the emulation.",
     "cells that did not succeed show their status instead of numbers; the notes under each table say why.",
 ]
