@@ -287,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("--allow-missing", action="store_true", help="cells of OLD missing from NEW are no regression")
     cp.add_argument(
+        "--format", choices=["text", "md"], default="text", help="md: a pull-request comment (verdict first)"
+    )
+    cp.add_argument(
         "--allow-spec-change",
         action="store_true",
         help="with --deterministic: compare cells whose spec changed (reported either way)",

@@ -226,3 +226,33 @@ def test_compare_missing_cells_and_changed_specs(tmp_path, capsys):
     assert main(["compare", base, other_path, "--deterministic"]) == 2
     assert "another spec" in capsys.readouterr().err
     assert main(["compare", base, other_path, "--deterministic", "--allow-spec-change"]) == 0
+
+
+def seeded(recs, speeds):
+    """Copies of the first cell with seeds 0.. and these tokens/s (run ids `...--sN`)."""
+    out = []
+    for seed, speed in enumerate(speeds):
+        rec = copy.deepcopy(recs[0])
+        rec["run_id"] = f"{rec['run_id']}--s{seed}" if seed else rec["run_id"]
+        rec["spec"]["seed"] = seed
+        rec["metrics"]["tokens_per_s"] = speed
+        out.append(rec)
+    return out
+
+
+def test_compare_with_repeats_counts_a_change_only_beyond_the_spread_and_writes_a_pr_comment(tmp_path, capsys):
+    from bench.cli import main
+
+    recs = [json.loads(line) for line in FIX.read_text().splitlines()]
+    old = _write(tmp_path / "old.jsonl", seeded(recs, [100.0, 140.0, 120.0]))  # mean 120, sd 20
+    noisy = _write(tmp_path / "noisy.jsonl", seeded(recs, [95.0, 130.0, 110.0]))  # -8.3%: within the spread
+    assert main(["compare", old, noisy]) == 0
+    out = capsys.readouterr().out
+    assert "(seeds)" in out and "within the spread" in out and "**regression**" not in out
+    slow = _write(tmp_path / "slow.jsonl", seeds := seeded(recs, [60.0, 62.0, 61.0]))  # -49%: beyond it
+    assert len(seeds) == 3 and main(["compare", old, slow, "--format", "md"]) == 1
+    comment = capsys.readouterr().out
+    assert comment.startswith("### peft-bench compare: **1 regression(s)**")
+    assert "<details><summary>1 figure(s) moved beyond tolerance, 1 of them worse</summary>" in comment
+    assert main(["compare", old, old, "--format", "md"]) == 0
+    assert capsys.readouterr().out.startswith("### peft-bench compare: no regression")

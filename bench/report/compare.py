@@ -91,9 +91,14 @@ def moves(
 ) -> list[Move]:
     """Every figure that moved beyond tolerance, cell by cell (`tolerance` None: memory and tokens/s left out).
     A cell of OLD missing from NEW is a regression unless `allow_missing`."""
+    from bench.report.spread import config_of, repeated, spread_moves
+
     out: list[Move] = []
     mem = memory_column(pd.concat([old, new]))
     new_by_id = {r["run_id"]: r for _, r in new.iterrows()}
+    repeats = repeated(old, new)
+    for key, (a, b) in repeats.items():
+        out += spread_moves(key, a, b, mem, tolerance, score_tolerance, Move)
     for _, o in old.iterrows():
         n = new_by_id.get(o["run_id"])
         if n is None:
@@ -104,11 +109,16 @@ def moves(
             continue
         if o["status"] != "success" or n["status"] != "success":
             continue
+        if config_of(o["run_id"]) in repeats:  # speed, memory, score compared over seeds; counts cell by cell
+            out += _figure_moves(o, n, mem, None, math.inf, counts_only=True)
+            continue
         out += _figure_moves(o, n, mem, tolerance, score_tolerance)
     return out
 
 
-def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float | None, score_tol: float) -> list[Move]:
+def _figure_moves(
+    o: pd.Series, n: pd.Series, mem: str, tol: float | None, score_tol: float, counts_only: bool = False
+) -> list[Move]:
     out = []
     nonfinite = n.get("nonfinite")
     for col in nonfinite.split(",") if isinstance(nonfinite, str) else ():
@@ -118,6 +128,8 @@ def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float | None, score
         a, b = _num(o[col]), _num(n[col])
         if not (math.isnan(a) and math.isnan(b)) and a != b:
             out.append(Move(o["run_id"], col, a, b, f"{b - a:+,.0f}", True))
+    if counts_only:
+        return out
     noisy = [side for side, r in (("OLD", o), ("NEW", n)) if is_true(r.get("noisy"))]
     if noisy and tol is not None:
         out.append(
@@ -147,10 +159,18 @@ def _figure_moves(o: pd.Series, n: pd.Series, mem: str, tol: float | None, score
     return out
 
 
-def to_markdown(found: list[Move], old: str, new: str, tolerance: float | None, score_tolerance: float) -> str:
+def to_markdown(
+    found: list[Move], old: str, new: str, tolerance: float | None, score_tolerance: float, fmt: str = "text"
+) -> str:
+    """The comparison as text (the default) or, `fmt="md"`, as a pull-request comment: a verdict line first,
+    the table in a collapsible block."""
     from tabulate import tabulate
 
+    regressions = sum(m.regression for m in found)
+    verdict = f"**{regressions} regression(s)**" if regressions else "no regression"
     head = [f"# peft-bench compare: `{old}` → `{new}`", ""]
+    if fmt == "md":
+        head = [f"### peft-bench compare: {verdict}", "", f"`{old}` → `{new}`", ""]
     speed = "memory and tokens/s not compared" if tolerance is None else f"memory / tokens/s ±{100 * tolerance:g}%"
     head.append(f"tolerance: {speed}, score ±{score_tolerance:g}, counts exact")
     if not found:
@@ -162,6 +182,9 @@ def to_markdown(found: list[Move], old: str, new: str, tolerance: float | None, 
     table = tabulate(
         rows, headers=["cell", "figure", "old", "new", "change", "verdict"], tablefmt="github", disable_numparse=True
     )
+    if fmt == "md":
+        summary = f"{len(found)} figure(s) moved beyond tolerance, {regressions} of them worse"
+        return "\n".join([*head, "", "<details><summary>" + summary + "</summary>", "", table, "", "</details>", ""])
     return "\n".join([*head, "", table, ""])
 
 
@@ -189,7 +212,7 @@ def main(args: Any) -> int:
         return 2
     # --deterministic: memory and tokens/s depend on the machine, so they are not compared at all
     found = changed + moves(old, new, tolerance, args.score_tolerance, args.allow_missing)
-    print(to_markdown(found, args.old, args.new, tolerance, args.score_tolerance))
+    print(to_markdown(found, args.old, args.new, tolerance, args.score_tolerance, args.format))
     regressions = [m for m in found if m.regression]
     if regressions:
         print(f"{len(regressions)} regression(s)", file=sys.stderr)
