@@ -155,16 +155,18 @@ def _show(args: argparse.Namespace) -> int:
     read = store.read_records(Path(args.out))
     for w in read.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    from bench.results.numbers import fmt_bytes, fmt_count, fmt_num, headline_memory
+
     rows = []
     for rec in store.latest_by_run_id(read.records).values():
-        m = rec.get("metrics", {})
-        memory = m.get("train_peak_nvml_process_mib") or m.get("peak_nvml_mib")
+        m = rec.get("metrics") or {}
         rows.append(
-            [rec["run_id"], rec["status"], m.get("trainable_params"), m.get("tokens_per_s"), memory]
-            + [m.get("checkpoint_bytes"), m.get("score_before"), m.get("score_after"), rec.get("duration_s")]
+            [rec["run_id"], rec["status"], fmt_count(m.get("trainable_params")), fmt_num(m.get("tokens_per_s"))]
+            + [headline_memory(m), fmt_bytes(m.get("checkpoint_bytes"))]
+            + [f"{fmt_num(m.get('score_before'))} → {fmt_num(m.get('score_after'))}", fmt_num(rec.get("duration_s"))]
         )
-    headers = ["run_id", "status", "trainable", "tok/s", "train MiB", "ckpt bytes", "score0", "score", "wall s"]
-    print(tabulate(rows, headers=headers, floatfmt=".3g", missingval="-"))
+    headers = ["run_id", "status", "trainable", "tokens/s", "train peak", "checkpoint", "score", "wall s"]
+    print(tabulate(rows, headers=headers, disable_numparse=True))
     return 0
 
 

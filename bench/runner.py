@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.execution import ExecutorOptions, LocalOptions, RunContext, make_executor
 from bench.results import store
+from bench.results.numbers import fmt_count, fmt_num, headline_memory
 from bench.results.record import Record, Status
 from bench.results.rundir import OutDir
 from bench.suite.executor import SlurmSettings
@@ -172,21 +173,16 @@ def _execute(todo: list[RunSpec], opts: RunOptions, out: OutDir, summary: RunSum
             progress(f"error: {summary.stopped}")
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def progress_line(i: int, n: int, rec: Record, eta_s: float) -> str:
     m = rec.metrics
     parts = [f"[{i}/{n}]", rec.run_id, str(rec.status)]
     if rec.status == Status.SUCCESS:
         parts += [
-            f"{_fmt(m.get('tokens_per_s'), ',.0f')} tok/s",
-            f"score {_fmt(m.get('score_before'), '.3f')}->{_fmt(m.get('score_after'), '.3f')}",
-            f"trainable {_fmt(m.get('trainable_params'), ',')}",
+            f"{fmt_num(m.get('tokens_per_s'))} tok/s",
+            f"score {fmt_num(m.get('score_before'))} → {fmt_num(m.get('score_after'))}",
+            f"trainable {fmt_count(m.get('trainable_params'))}",
+            f"train peak {headline_memory(m)}",
         ]
-        if m.get("train_peak_nvml_process_mib") is not None:
-            parts.append(f"train peak {m['train_peak_nvml_process_mib']:,.0f} MiB")
         if (rec.checkpoint or {}).get("error"):
             parts.append("CHECKPOINT NOT SAVED (rerun retries it)")
         if m.get("noisy"):

@@ -54,3 +54,18 @@ def test_run_prints_the_estimate_before_the_first_cell(tmp_path, capsys, monkeyp
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "forecast wall time on this machine: ~" in out and "for 1 cells" in out
+
+
+def test_other_cells_records_calibrate_the_model_and_the_range_is_printed(monkeypatch):
+    monkeypatch.setattr(forecast, "probe_gflops", lambda: 100.0)
+    monkeypatch.setattr(cpuinfo, "facts", lambda: AVX2_ONLY)
+    done, todo = spec(seed=1, steps=50), spec(steps=50)
+    plain = forecast.forecast([todo], {})
+    modelled = plain.seconds - forecast.RUNNER_OVERHEAD_S
+    earlier = {done.run_id: {"status": "success", "duration_s": 3 * modelled, "spec": done.to_dict()}}
+    calibrated = forecast.forecast([todo], earlier)  # the same work took 3x the model on this machine
+    assert abs((calibrated.seconds - forecast.RUNNER_OVERHEAD_S) / modelled - 3.0) < 1e-6
+    low, high = forecast.MODEL_RANGE
+    assert calibrated.low < calibrated.seconds < calibrated.high
+    assert abs(calibrated.high - forecast.RUNNER_OVERHEAD_S - 3 * modelled * high) < 1e-6
+    assert " – " in calibrated.line(1) and "(" in calibrated.line(1)

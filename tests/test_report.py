@@ -193,3 +193,21 @@ def test_report_messages_go_to_stderr_so_stdout_is_pure_markdown(tmp_path, capsy
     out, err = capsys.readouterr()
     assert out.startswith("# peft-bench report") and "warning" not in out and "wrote" not in out
     assert "torn last line" in err and "wrote" in err
+
+
+def test_show_and_the_progress_line_write_numbers_as_the_report_does(tmp_path):
+    from bench.results.record import Record
+    from bench.runner import progress_line
+    from conftest import cli
+
+    rec = Record.from_dict(json.loads((FIX / "report_records.jsonl").read_text().splitlines()[0]))
+    rec.metrics.update(score_before=None, score_after=11.78, tokens_per_s=1140.4)
+    line = progress_line(1, 2, rec, 65)
+    assert "score - → 11.8" in line and "1,140 tok/s" in line and "-->" not in line and "e+0" not in line
+    assert "train peak 30,614 MiB" in line  # the process tree's NVML peak
+    cpu = {"train_peak_rss_mib": 1291.3}
+    from bench.results.numbers import headline_memory
+
+    assert headline_memory(cpu) == "1,291 MiB RSS" and headline_memory({}) == "-"
+    out = cli("show", str(FIX / "report_records.jsonl")).stdout
+    assert "e+0" not in out and "10,235" in out and "2.30 GiB" in out

@@ -3,13 +3,13 @@ that did not succeed, and footnotes saying how each column is measured."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 
 from bench.report.frame import memory_column
 from bench.results.metrics import table
+from bench.results.numbers import _missing, fmt_bytes, fmt_delta, fmt_num, fmt_ratio  # noqa: F401 - re-exported
 
 SPECS = table()
 
@@ -17,40 +17,6 @@ SPECS = table()
 def memory_header(mem: str) -> str:
     """The headline memory column's header, from the metric table (bench/results/metrics.py)."""
     return SPECS[mem].header
-
-
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def fmt_num(x: Any) -> str:
-    """3 significant digits, thousands separators, '-' for missing."""
-    if _missing(x):
-        return "-"
-    x = float(x)
-    if x == 0:
-        return "0"
-    digits = max(0, 2 - int(math.floor(math.log10(abs(x)))))
-    return f"{round(x, digits):,.{digits}f}"
-
-
-def fmt_bytes(n: Any) -> str:
-    if _missing(n):
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{fmt_num(n)} {unit}"
-        n /= 1024
-    return f"{fmt_num(n)} TiB"
-
-
-def fmt_ratio(x: Any) -> str:
-    return "-" if _missing(x) else f"{fmt_num(x)}×"
-
-
-def fmt_delta(x: Any) -> str:
-    return "-" if _missing(x) else f"{'+' if x >= 0 else ''}{fmt_num(x)}"
 
 
 def is_true(x: Any) -> bool:
