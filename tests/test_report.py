@@ -211,3 +211,29 @@ def test_show_and_the_progress_line_write_numbers_as_the_report_does(tmp_path):
     assert headline_memory(cpu) == "1,291 MiB RSS" and headline_memory({}) == "-"
     out = cli("show", str(FIX / "report_records.jsonl")).stdout
     assert "e+0" not in out and "10,235" in out and "2.30 GiB" in out
+
+
+def test_repeats_keep_score_before_and_the_full_ratios_and_plot_one_point_per_configuration(tmp_path):
+    recs = [json.loads(line) for line in (FIX / "report_records.jsonl").read_text().splitlines()]
+    ok = [r for r in recs if r["status"] == "success"][:2]  # full and one other method
+    seeded = []
+    for seed, bump in ((0, 0.0), (1, 0.02), (2, -0.02)):
+        for rec in ok:
+            r = copy.deepcopy(rec)
+            r["run_id"] += f"--s{seed}" if seed else ""
+            r["spec"]["seed"] = seed
+            r["metrics"]["score_after"] += bump
+            r["metrics"]["tokens_per_s"] *= 1 + bump
+            seeded.append(r)
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in seeded))
+    df = report.load(path)
+    md = report.to_markdown(df)
+    assert "score before mean ± sd" in md and "speed × full" in md and "| full " in md
+    other = ok[1]["spec"]["method_label"]
+    row = next(line for line in md.splitlines() if line.startswith(f"| {other} "))
+    speed = ok[1]["metrics"]["tokens_per_s"] / ok[0]["metrics"]["tokens_per_s"]
+    assert report.fmt_ratio(speed) in row  # the ratio of the means, the same bumps on both sides
+    data = pareto_plot(report.with_ratios(df), tmp_path / "p.png")
+    (group,) = data["groups"]
+    assert [p["seeds"] for p in group["panels"][0]["points"]] == [3, 3] and "y_sd" in group["panels"][0]["points"][0]

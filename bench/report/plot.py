@@ -67,8 +67,7 @@ def pareto_front(points: list[tuple[float, float]], x_higher_better: bool, y_hig
 def _label(r: Any, vary: set[str]) -> str:
     """The method, and the axes that vary in its group (the marker shows the precision too)."""
     text = str(r.method_label) + (f" {r.precision}" if "precision" in vary else "")
-    text += (f" ga{r.grad_accum}" if "grad_accum" in vary else "") + (" gc" if r.grad_ckpt is True else "")
-    return text + (f" s{r.seed}" if "seed" in vary else "")
+    return text + (f" ga{r.grad_accum}" if "grad_accum" in vary else "") + (" gc" if r.grad_ckpt is True else "")
 
 
 def _panels(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -76,20 +75,30 @@ def _panels(df: pd.DataFrame) -> list[dict[str, Any]]:
     mem = plot_memory_column(ok)
     metric = next((m for m in ok["metric"] if isinstance(m, str)), "score")
     higher_y = bool(ok["higher_is_better"].iloc[0]) if len(ok) else True
-    vary = {c for c in ("precision", "grad_accum", "seed") if ok[c].nunique() > 1}
+    vary = {c for c in ("precision", "grad_accum") if ok[c].nunique() > 1}
     panels = []
     for x, x_label, higher in ((mem, memory_axis(mem), False), ("tokens_per_s", "tokens/s (timed steps)", True)):
         sub = ok[ok[x].notna() & ok["score_after"].notna()]
-        points = [
-            {"label": _label(r, vary), "x": float(getattr(r, x)), "y": float(r.score_after),
-             "family": family(r.method), "precision": r.precision}
-            for r in sub.itertuples()
-        ]  # fmt: skip
+        points = _points(sub, x, vary)
         front = pareto_front([(p["x"], p["y"]) for p in points], higher, higher_y)
         y_label = f"{metric} after training" + ("" if higher_y else " (lower is better)")
         panels.append({"x": x, "x_label": x_label, "y": "score_after", "y_label": y_label, "points": points,
                        "front": [points[i]["label"] for i in front], "front_index": front})  # fmt: skip
     return panels
+
+
+def _points(sub: pd.DataFrame, x: str, vary: set[str]) -> list[dict[str, Any]]:
+    """One point per configuration: with several seeds, the means and their sample sd as error bars."""
+    points = []
+    for _, g in sub.groupby(["method_label", "precision", "grad_accum", "grad_ckpt"], sort=False, dropna=False):
+        xs, ys = g[x].astype(float), g["score_after"].astype(float)
+        r = next(g.itertuples())
+        point = {"label": _label(r, vary), "x": float(xs.mean()), "y": float(ys.mean()),
+                 "family": family(r.method), "precision": r.precision, "seeds": len(g)}  # fmt: skip
+        if len(g) > 1:
+            point.update(x_sd=float(xs.std(ddof=1)), y_sd=float(ys.std(ddof=1)))
+        points.append(point)
+    return points
 
 
 def _place_labels(ax: Any, fig: Any, points: list[dict[str, Any]]) -> None:
@@ -129,6 +138,8 @@ def pareto_plot(df: pd.DataFrame, path: str | Path) -> dict[str, Any]:
         data["groups"].append({"model": model, "task": task, "panels": panels})
         for ax, panel in zip(axes[row], panels):
             for p in panel["points"]:
+                if p["seeds"] > 1:
+                    ax.errorbar(p["x"], p["y"], xerr=p["x_sd"], yerr=p["y_sd"], color="gray", lw=0.8, zorder=2)
                 ax.scatter(p["x"], p["y"], color=colour[p["family"]], marker=MARKERS.get(p["precision"], "X"),
                            s=42, zorder=3, edgecolors="black", linewidths=0.4)  # fmt: skip
             front = [panel["points"][i] for i in panel["front_index"]]

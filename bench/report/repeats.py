@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.frame import memory_column
-from bench.report.markdown import escape, fmt_bytes, fmt_num, memory_header
+from bench.report.markdown import escape, fmt_bytes, fmt_delta, fmt_num, fmt_ratio, memory_header
 
 KEYS = ["method_label", "precision", "grad_accum", "grad_ckpt"]
 
@@ -39,11 +39,30 @@ def aggregate(group: pd.DataFrame) -> pd.DataFrame:
             (mem, "memory"),
             ("tokens_per_s", "tps"),
             ("score_after", "score"),
+            ("score_before", "before"),
             ("step_time_p50_s", "step"),
         ):
             row[f"{name}_mean"], row[f"{name}_sd"] = _mean_sd(ok[col])
+        row["is_full"] = bool((g["method"] == "full").all())
         rows.append(row)
-    return pd.DataFrame(rows)
+    return against_full(pd.DataFrame(rows))
+
+
+def against_full(agg: pd.DataFrame) -> pd.DataFrame:
+    """Means against the `full` configuration with the same precision, grad accum and checkpointing: memory and
+    tokens/s as ratios of the means, the score as the difference of the means."""
+    agg = agg.copy()
+    for col in ("mem_x", "speed_x", "score_delta"):
+        agg[col] = math.nan
+    for i, r in agg.iterrows():
+        base = agg[agg["is_full"] & (agg[KEYS[1:]] == r[KEYS[1:]]).all(axis=1)]
+        if base.empty:
+            continue
+        b = base.iloc[0]
+        agg.loc[i, "mem_x"] = r["memory_mean"] / b["memory_mean"] if b["memory_mean"] else math.nan
+        agg.loc[i, "speed_x"] = r["tps_mean"] / b["tps_mean"] if b["tps_mean"] else math.nan
+        agg.loc[i, "score_delta"] = r["score_mean"] - b["score_mean"]
+    return agg
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -77,7 +96,10 @@ def repeats_table(group: pd.DataFrame) -> str:
     higher = bool(group["higher_is_better"].dropna().iloc[0]) if group["higher_is_better"].notna().any() else True
     vary = [c for c in KEYS[1:] if agg[c].nunique() > 1]
     headers = ["method", *vary, "runs ok", "trainable (% of total)", f"{memory_header(mem)} mean ± sd"]
-    headers += ["tokens/s mean ± sd", "step p50 s mean", "checkpoint", "score after mean ± sd", "vs best"]
+    headers += ["tokens/s mean ± sd", "step p50 s mean", "checkpoint", "score before mean ± sd"]
+    headers += ["score after mean ± sd", "vs best"]
+    has_full = agg["speed_x"].notna().any()
+    headers += ["mem × full", "speed × full", "Δ score vs full"] if has_full else []
     rows = []
     for (_, r), verdict in zip(agg.iterrows(), versus_best(agg, higher)):
         trainable = (
@@ -88,6 +110,8 @@ def repeats_table(group: pd.DataFrame) -> str:
         rows.append(
             [escape(r["method_label"]), *[escape(r[c]) for c in vary], f"{r['ok']}/{r['runs']}", trainable]
             + [_pm(r["memory_mean"], r["memory_sd"]), _pm(r["tps_mean"], r["tps_sd"]), fmt_num(r["step_mean"])]
-            + [fmt_bytes(r["checkpoint_bytes"]), _pm(r["score_mean"], r["score_sd"]), verdict]
+            + [fmt_bytes(r["checkpoint_bytes"]), _pm(r["before_mean"], r["before_sd"])]
+            + [_pm(r["score_mean"], r["score_sd"]), verdict]
+            + ([fmt_ratio(r["mem_x"]), fmt_ratio(r["speed_x"]), fmt_delta(r["score_delta"])] if has_full else [])
         )
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
