@@ -39,3 +39,20 @@ def test_deterministic_compare_still_fails_on_a_changed_count(tmp_path):
     df.to_csv(path, index=False)
     res = cli("compare", str(REFERENCE), str(path), "--deterministic")
     assert res.returncode == 1 and "trainable_params" in res.stdout and "memory and tokens/s not compared" in res.stdout
+
+
+def test_run_all_writes_only_ignored_paths_and_never_the_committed_reference():
+    """`./run_all.sh` leaves `git status` clean: every file it names lies under out/ (git-ignored), none in reports/."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    script = (root / "run_all.sh").read_text()
+    suite_branch = script[script.index("  suite)") :]
+    targets = re.findall(r"(?:--out|-o|--csv|--plot|--html|--json)\s+\"([^\"]+)\"", suite_branch)
+    assert len(targets) >= 5, targets
+    assert all(t.startswith("out/") for t in targets), targets
+    assert "reports/" not in "".join(targets)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "out/smoke/report.md"], cwd=root)
+    assert ignored.returncode == 0  # out/ is ignored
