@@ -238,3 +238,18 @@ def test_the_cell_checks_the_config_it_loaded(tmp_path):
 
     res = run_cell_inproc(tmp_path / "cell", model=bert_config(tmp_path), task="reverse", task_options={})
     assert res["status"] == "unsupported" and "bidirectional encoder" in res["error"]["message"]
+
+
+def test_a_list_in_a_method_option_is_a_sweep_with_readable_run_ids(tmp_path):
+    methods = [
+        {"name": "lora", "r": [4, 8, 16]},
+        {"name": "full", "lr": [1e-5, 3e-5]},
+        {"name": "lora", "target_modules": ["q_proj", "v_proj"]},  # a list-typed option: one value, no sweep
+        {"name": "ia3", "label": "mine", "lr": [0.01, 0.02]},
+    ]
+    specs = expand(load_suite(make_suite(tmp_path, {"method": methods})))
+    labels = [s.method_label for s in specs]
+    assert labels[:5] == ["lora-r4", "lora-r8", "lora-r16", "full-lr1e-05", "full-lr3e-05"]
+    assert labels[6:] == ["mine-lr0.01", "mine-lr0.02"] and len(specs) == 8
+    assert [s.method_options.get("r") for s in specs[:3]] == [4, 8, 16] and specs[4].lr == 3e-5
+    assert specs[5].method_options["target_modules"] == ["q_proj", "v_proj"]

@@ -17,6 +17,7 @@ from bench.suite.defaults import BY_KEY, VALUES
 from bench.suite.executor import SlurmSettings, parse_executor
 from bench.suite.matrix import expand
 from bench.suite.spec import ALL_AXES, AXES, OPTIONAL_AXES
+from bench.suite.sweeps import expand_sweeps
 from bench.suite.validate import check_axis_entry, check_default
 
 
@@ -134,6 +135,8 @@ def _complete_axes(axes: dict[str, list[Any]], defaults: dict[str, Any], where: 
         else:
             first = axes["seed"][0] if isinstance(axes["seed"][0], int) else 0
             axes["seed"] = [first + i for i in range(defaults["repeats"])]
+    if isinstance(axes.get("method"), list):  # `{name: lora, r: [4, 8]}` stands for two entries
+        axes["method"] = [one for entry in axes["method"] for one in expand_sweeps(entry)]
     for axis, values in axes.items():
         axes[axis] = [check_axis_entry(axis, v, f"{where}: matrix.{axis}[{i}]", problems) for i, v in enumerate(values)]
 
