@@ -128,6 +128,7 @@ def phase_load(c: Cell) -> None:
         dtype=c.precision.storage_dtype(c.method_cls.trains_base),
         quant=quantization_config(c.precision, c.task_cls.model_kind),
         options=c.spec.model_options,
+        attn=c.spec.attn,
     )
     c.model, c.tokenizer = loaded.model, loaded.tokenizer
     c.result.model_info = loaded.info

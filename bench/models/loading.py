@@ -105,13 +105,13 @@ def _read_config(source: ModelSource, kind: str, num_labels: int | None, options
     return cfg, info
 
 
-def build_random(cls: Any, cfg: Any, device: str, dtype: str, seed: int) -> Any:
+def build_random(cls: Any, cfg: Any, device: str, dtype: str, seed: int, **kwargs: Any) -> Any:
     """Seeded random weights built on `device` in `dtype`, initialised once (constructor inits switched off)."""
     import torch
     from transformers.initialization import no_init_weights
 
     with torch.device(device), no_init_weights():
-        model = cls.from_config(cfg, dtype=getattr(torch, dtype))
+        model = cls.from_config(cfg, dtype=getattr(torch, dtype), **kwargs)
     torch.manual_seed(seed)
     if device != "meta":
         model.init_weights()
@@ -141,7 +141,7 @@ class RandomTensor:
         return out.normal_(0.0, self.std, generator=gen)[key]
 
 
-def random_quantized(cls: Any, cfg: Any, quant: Any, device: str, seed: int) -> Any:
+def random_quantized(cls: Any, cfg: Any, quant: Any, device: str, seed: int, **kwargs: Any) -> Any:
     """A bitsandbytes-quantized base with seeded random weights, through transformers' real quantizing loader,
     in memory and one parameter at a time (norm weights 1, biases 0, the rest N(0, initializer_range))."""
     import zlib
@@ -169,7 +169,7 @@ def random_quantized(cls: Any, cfg: Any, quant: Any, device: str, seed: int) -> 
         )
     target = {"": 0} if device == "cuda" else {"": "cpu"}
     return type(meta).from_pretrained(
-        None, config=cfg, state_dict=state, quantization_config=quant, dtype=torch.bfloat16, device_map=target
+        None, config=cfg, state_dict=state, quantization_config=quant, dtype=torch.bfloat16, device_map=target, **kwargs
     )
 
 
@@ -183,9 +183,24 @@ def load_model(
     dtype: str = "float32",
     quant: Any = None,
     options: dict[str, Any] | None = None,
+    attn: str = "",
 ) -> LoadedModel:
-    """Build or load the model (on `device`, base stored as `dtype`, quantized by `quant`) and its tokenizer."""
+    """Build or load the model (on `device`, base stored as `dtype`, quantized by `quant`, attention `attn` or the
+    model's default) and its tokenizer. An attention the model or machine lacks is Unsupported, saying why."""
+    from bench.errors import Unsupported
+
     options = options or {}
+    try:
+        loaded = _load_model(name, kind, num_labels, seed, device, dtype, quant, options, attn)
+    except (ImportError, ValueError) as exc:
+        if not attn or "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
+            raise
+        raise Unsupported(f"attention {attn!r} is not available for {name!r} here: {str(exc)[:300]}") from exc
+    return loaded
+
+
+def _load_model(name, kind, num_labels, seed, device, dtype, quant, options, attn) -> LoadedModel:
+    extra = {"attn_implementation": attn} if attn else {}
     source = resolve_source(name, options)
     cls = auto_class(kind)
     info: dict[str, Any] = {"source": source.kind, "random_weights": source.random_weights}
@@ -194,18 +209,20 @@ def load_model(
     if source.random_weights:
         cfg, where = load_config(source, kind, num_labels, options)
         if quant is None:
-            model = build_random(cls, cfg, device, dtype, seed)
+            model = build_random(cls, cfg, device, dtype, seed, **extra)
         else:
-            model = random_quantized(cls, cfg, quant, device, seed)
+            model = random_quantized(cls, cfg, quant, device, seed, **extra)
         info.update(where)
     else:
-        model = _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, options)
+        model = _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, {**options, **extra})
     tokenizer, info["tokenizer"] = model_tokenizer(source, options)
     if tokenizer is not None:
         _check_vocab(model, tokenizer, info["tokenizer"])
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
     info.update({"class": type(model).__name__, "has_tokenizer": tokenizer is not None})
+    if attn:
+        info["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     return LoadedModel(model, tokenizer, info)
 
 
@@ -254,6 +271,8 @@ def _from_pretrained(cls, source, kind, num_labels, device, dtype, quant, option
     import torch
 
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), **_hub_kwargs(options)}
+    if options.get("attn_implementation"):
+        kwargs["attn_implementation"] = options["attn_implementation"]
     if source.kind == "hub" and hub_unreachable():
         kwargs["local_files_only"] = True  # the config came from the cache: so must the weights
     if kind == "seq_cls":

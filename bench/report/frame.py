@@ -86,6 +86,7 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
         "precision": spec.get("precision"),
         "grad_accum": spec.get("grad_accum"),
         "grad_ckpt": bool(spec.get("grad_ckpt", False)),
+        "attn": spec.get("attn") or "",
         "seed": spec.get("seed", 0),
         "batch_size": spec.get("batch_size"),
         "steps": spec.get("steps"),
@@ -142,6 +143,7 @@ TEXT_COLUMNS = [
     "method",
     "method_label",
     "precision",
+    "attn",
     "status",
     "error",
     "metric",
@@ -163,7 +165,9 @@ def read_export(path: str | Path) -> pd.DataFrame:
     else:
         df = pd.read_csv(path, dtype={c: object for c in TEXT_COLUMNS})
     columns = list(flatten({"run_id": ""}).keys())  # an export older than a column: that column is unknown (NaN)
-    return df.reindex(columns=[*columns, *[c for c in df.columns if c not in columns]])
+    df = df.reindex(columns=[*columns, *[c for c in df.columns if c not in columns]])
+    df["attn"] = df["attn"].fillna("")  # the model's default attention is written as an empty field
+    return df
 
 
 MEMORY_COLUMNS = (
@@ -188,7 +192,7 @@ def memory_column(df: pd.DataFrame) -> str:
 
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """Add ratios against the `full` cell of the same model/task/precision/grad_accum/grad_ckpt (success only)."""
-    keys = ["model", "task", "precision", "grad_accum", "grad_ckpt", "seed"]
+    keys = ["model", "task", "precision", "grad_accum", "grad_ckpt", "attn", "seed"]
     base = df[(df["method"] == "full") & (df["status"] == "success")]
     out = df.copy()
     for col in ("mem_x", "speed_x", "ckpt_x", "score_delta"):
@@ -209,10 +213,11 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     return with_axis_costs(out, mem)
 
 
-RATIO_AXES = ("precision", "grad_accum", "grad_ckpt", "seed")
+RATIO_AXES = ("precision", "grad_accum", "grad_ckpt", "attn", "seed")
 AXIS_COSTS = {  # prefix -> (the axis, its baseline value): the same method with only that axis changed
     "gc": ("grad_ckpt", False),
     "prec": ("precision", "fp32"),
+    "attn": ("attn", ""),
 }
 
 

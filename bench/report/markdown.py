@@ -59,6 +59,8 @@ def _axis_text(r: pd.Series, col: str) -> str:
         return f"{escape(r[col])} (emulated)"
     if col == "grad_ckpt":
         return "on" if r[col] else "off"
+    if col == "attn":
+        return escape(r[col] or "default")
     return escape(r[col])
 
 
@@ -67,7 +69,7 @@ def group_table(df: pd.DataFrame) -> str:
     from tabulate import tabulate
 
     mem = memory_column(df)
-    vary = [c for c in ("precision", "grad_accum", "grad_ckpt", "seed") if df[c].nunique() > 1]
+    vary = [c for c in ("precision", "grad_accum", "grad_ckpt", "attn", "seed") if df[c].nunique() > 1]
     if df["emulated"].any() and "precision" not in vary:
         vary.insert(0, "precision")
     has_ratio = df["speed_x"].notna().any() or df["score_delta"].notna().any()
@@ -80,7 +82,7 @@ def group_table(df: pd.DataFrame) -> str:
     headers += [("est. / torch alloc MiB" if gpu_estimate else "est. / RSS growth MiB (train)")] if has_estimate else []
     headers += ["checkpoint", "score before → after"]
     headers += ["mem × full", "speed × full", "ckpt × full", "Δ score vs full"] if has_ratio else []
-    costs = [p for p in ("gc", "prec") if f"{p}_speed_x" in df and df[f"{p}_speed_x"].notna().any()]
+    costs = [p for p in COST_HEADERS if f"{p}_speed_x" in df and df[f"{p}_speed_x"].notna().any()]
     headers += [COST_HEADERS[p] for p in costs]
     rows = []
     for _, r in df.iterrows():
@@ -108,7 +110,11 @@ def group_table(df: pd.DataFrame) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-COST_HEADERS = {"gc": "grad ckpt on / off: mem ×, speed ×", "prec": "vs fp32: mem ×, speed ×"}
+COST_HEADERS = {
+    "gc": "grad ckpt on / off: mem ×, speed ×",
+    "prec": "vs fp32: mem ×, speed ×",
+    "attn": "vs default attention: mem ×, speed ×",
+}
 
 
 def _cost_text(r: pd.Series, prefix: str) -> str:
@@ -185,7 +191,8 @@ FOOTNOTES = [
     "score: the task's headline metric on the same held-out split before and after training.",
     "× full / Δ: against the `full` cell with the same model, task, precision, grad accum, checkpointing and seed.",
     "grad ckpt on / off: a gradient-checkpointing cell against the same method without it (what checkpointing "
-    "costs in memory and speed); vs fp32: a bf16/fp16/quantized cell against the same method in fp32.",
+    "costs in memory and speed); vs fp32: a bf16/fp16/quantized cell against the same method in fp32; vs default "
+    "attention: an `attn` cell against the same method with the model's default attention implementation.",
     "(emulated): bf16 on a CPU without native bf16, run because the suite opted in; its speed measures the emulation.",
     "cells that did not succeed show their status instead of numbers; the notes under each table say why.",
 ]

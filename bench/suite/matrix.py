@@ -96,6 +96,7 @@ def to_spec(suite: Any, cell: dict[str, Any]) -> RunSpec:
         precision=cell["precision"],
         grad_accum=cell["grad_accum"],
         grad_ckpt=cell["grad_ckpt"],
+        attn=cell["attn"],
         seed=cell["seed"],
         model_options=plugin_options(model),
         task_options=plugin_options(task),

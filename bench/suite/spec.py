@@ -19,13 +19,14 @@ from typing import Any
 from bench.suite.defaults import VALUES
 
 AXES = ("model", "task", "method", "precision", "grad_accum")
-OPTIONAL_AXES = {"grad_ckpt": False, "seed": 0}  # axis -> value when the suite does not give it
+OPTIONAL_AXES = {"grad_ckpt": False, "seed": 0, "attn": ""}  # axis -> value when the suite does not give it
+ATTN = ("eager", "sdpa", "flash_attention_2", "flex_attention")  # `attn` axis: transformers' attn_implementation
 ALL_AXES = (*AXES, *OPTIONAL_AXES)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 # Fields that do not change what a cell measures: editing them must not rerun finished cells.
 NOT_HASHED = ("suite", "suite_hash", "timeout_s")
 # Fields added after records existed: left out of the hash at these values, so older records still resume.
-HASHED_UNLESS = {"content": {}, "eval_every": 0, "lm_eval": None}
+HASHED_UNLESS = {"content": {}, "eval_every": 0, "lm_eval": None, "attn": ""}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class RunSpec:
     inference: dict[str, Any] | None = VALUES["inference"]
     lm_eval: dict[str, Any] | None = VALUES["lm_eval"]
     grad_ckpt: bool = False
+    attn: str = ""  # attn_implementation ("": the model's default)
     model_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +77,8 @@ class RunSpec:
         parts = [slug(model_label(self.model)), slug(self.task), slug(label), self.precision, f"ga{self.grad_accum}"]
         if self.grad_ckpt:
             parts.append("gc")
+        if self.attn:
+            parts.append(f"attn-{self.attn}")
         if self.seed != OPTIONAL_AXES["seed"]:
             parts.append(f"s{self.seed}")
         return "--".join(parts)

@@ -1,0 +1,32 @@
+"""The speed knobs users compare: the attention implementation as an axis (and torch.compile, where it lands)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import cli, make_suite, run_cell_inproc
+
+
+def test_attention_axis_same_loss_for_eager_and_sdpa_and_flash_is_unsupported_with_the_reason(tmp_path):
+    common = dict(task="random-lm", task_options={"n_train": 32, "n_eval": 8}, steps=5, batch_size=4)
+    eager = run_cell_inproc(tmp_path / "eager", attn="eager", **common)
+    sdpa = run_cell_inproc(tmp_path / "sdpa", attn="sdpa", **common)
+    assert eager["status"] == sdpa["status"] == "success", (eager.get("error"), sdpa.get("error"))
+    assert eager["model_info"]["attn_implementation"] == "eager"
+    assert sdpa["model_info"]["attn_implementation"] == "sdpa"
+    assert eager["loss_curve"] == pytest.approx(sdpa["loss_curve"], rel=1e-4)
+    flash = run_cell_inproc(tmp_path / "flash", attn="flash_attention_2", **common)
+    assert flash["status"] == "unsupported" and "flash_attention_2" in flash["error"]["message"]
+
+
+def test_attention_axis_in_the_run_id_and_checked_at_suite_load(tmp_path):
+    from bench.suite.load import load_suite
+    from bench.suite.matrix import expand
+
+    specs = expand(load_suite(make_suite(tmp_path, {"method": ["full"], "attn": ["eager", "sdpa"]}, name="a")))
+    assert [s.run_id.split("--")[-1] for s in specs] == ["attn-eager", "attn-sdpa"]
+    default = expand(load_suite(make_suite(tmp_path, {"method": ["full"]}, name="b")))[0]
+    assert "attn" not in default.run_id and default.attn == ""
+    bad = make_suite(tmp_path, {"method": ["full"], "attn": ["sdp"]}, name="c")
+    res = cli("run", str(bad), "--dry-run")
+    assert res.returncode == 2 and "unknown attention 'sdp' (did you mean 'sdpa'?)" in res.stderr, res.stderr
