@@ -182,6 +182,10 @@ def phase_apply(c: Cell) -> None:
         keep_quantized_weights_trainable_on_cpu(c.model)
     if spec.grad_ckpt:
         enable_grad_ckpt(c.model, c.method)
+    if spec.compile:
+        from bench.cell.compiled import compile_model
+
+        compile_model(c.model, spec.compile)
     c.metrics["trainable_params"], c.metrics["total_params"] = count_params(c.model)
     c.metrics["trainable_pct"] = 100 * c.metrics["trainable_params"] / max(c.metrics["total_params"], 1)
     c.metrics["micro_batch_size"] = spec.micro_batch
@@ -289,8 +293,14 @@ def phase_train(c: Cell) -> None:
     from bench.cell.train import throughput_metrics, train
 
     hook = curve_hook(c, lambda: task_scores(c, c.model)["score"])
+    if c.spec.compile:
+        from bench.cell.compiled import compile_metrics, dynamo_counters
+
+        before = dynamo_counters()
     stats = train(c.model, c.task, c.spec, c.method, c.precision, c.device, c.clock, hook)
     c.train_stats = stats
+    if c.spec.compile:
+        c.metrics.update(compile_metrics(before, stats))
     if c.allocator is not None:
         c.allocator.stop()
         measured = c.allocator.attribute()
@@ -302,6 +312,10 @@ def phase_train(c: Cell) -> None:
     flops, flops_missing = flops_per_token(c.metrics["total_params"], stats)
     c.metrics.update(flops)
     c.missing.update(flops_missing)
+    if c.spec.compile:  # FlopCounterMode does not see inside compiled kernels, and counting would break the compile
+        c.missing["hardware_flops_per_token"] = (
+            "not counted for a compiled cell (FlopCounterMode cannot see its kernels)"
+        )
     utilisation(c.metrics, c.missing, c.result.env, c.precision.compute_dtype)
     c.metrics.update(c.method.metrics(stats.all_steps_s))
     c.result.loss_curve = stats.losses

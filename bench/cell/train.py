@@ -31,6 +31,7 @@ class TrainStats:
     counted_flops: float | None = None  # torch's FlopCounterMode over the first (warm-up) step
     counted_tokens: int = 0  # real tokens of that step
     all_tokens: int = 0  # real tokens of every step, warm-up included
+    warmup_times_s: list[float] = field(default_factory=list)  # the warm-up steps (a compiled cell compiles here)
 
 
 def sync(device: str) -> None:
@@ -103,7 +104,7 @@ def train(
             timed = step >= spec.warmup_steps
             if timed and step == spec.warmup_steps:
                 marks.start(Phase.TRAIN_TIMED)
-            counter = flop_counter() if step == 0 and not timed else None
+            counter = flop_counter() if step == 0 and not timed and not spec.compile else None
             sync(device)
             t0 = time.perf_counter()
             step_loss = torch.zeros((), device=device)
@@ -164,6 +165,8 @@ def _account(stats: TrainStats, step_loss: Any, micro: list[dict[str, Any]], tim
     stats.losses.append(value if math.isfinite(value) else float("nan"))
     for b in micro:
         stats.shapes.add(tuple(b["input_ids"].shape))
+    if not timed:
+        stats.warmup_times_s.append(elapsed)
     if timed:
         stats.step_times_s.append(elapsed)
         stats.timed_tokens += real_tokens(micro)

@@ -73,6 +73,15 @@ def _info(rec: dict[str, Any], section: str, key: str, default: Any = None) -> A
     return (rec.get(section) or {}).get(key, default)
 
 
+def _compile_text(value: Any) -> str:
+    """The `compile` axis as a report cell: '' (off), 'on', or its options `backend=aot_eager`."""
+    if not value:
+        return ""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items())) or "on"
+    return "on"
+
+
 def flatten(rec: dict[str, Any]) -> dict[str, Any]:
     spec, m, env = rec.get("spec", {}), rec.get("metrics", {}), rec.get("env", {})
     packages = env.get("packages", {})
@@ -87,6 +96,7 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
         "grad_accum": spec.get("grad_accum"),
         "grad_ckpt": bool(spec.get("grad_ckpt", False)),
         "attn": spec.get("attn") or "",
+        "compile": _compile_text(spec.get("compile")),
         "seed": spec.get("seed", 0),
         "batch_size": spec.get("batch_size"),
         "steps": spec.get("steps"),
@@ -144,6 +154,7 @@ TEXT_COLUMNS = [
     "method_label",
     "precision",
     "attn",
+    "compile",
     "status",
     "error",
     "metric",
@@ -166,7 +177,8 @@ def read_export(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={c: object for c in TEXT_COLUMNS})
     columns = list(flatten({"run_id": ""}).keys())  # an export older than a column: that column is unknown (NaN)
     df = df.reindex(columns=[*columns, *[c for c in df.columns if c not in columns]])
-    df["attn"] = df["attn"].fillna("")  # the model's default attention is written as an empty field
+    for axis in ("attn", "compile"):  # the default (model's attention, not compiled) is written as an empty field
+        df[axis] = df[axis].fillna("")
     return df
 
 
@@ -192,7 +204,7 @@ def memory_column(df: pd.DataFrame) -> str:
 
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """Add ratios against the `full` cell of the same model/task/precision/grad_accum/grad_ckpt (success only)."""
-    keys = ["model", "task", "precision", "grad_accum", "grad_ckpt", "attn", "seed"]
+    keys = ["model", "task", "precision", "grad_accum", "grad_ckpt", "attn", "compile", "seed"]
     base = df[(df["method"] == "full") & (df["status"] == "success")]
     out = df.copy()
     for col in ("mem_x", "speed_x", "ckpt_x", "score_delta"):
@@ -213,11 +225,12 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     return with_axis_costs(out, mem)
 
 
-RATIO_AXES = ("precision", "grad_accum", "grad_ckpt", "attn", "seed")
+RATIO_AXES = ("precision", "grad_accum", "grad_ckpt", "attn", "compile", "seed")
 AXIS_COSTS = {  # prefix -> (the axis, its baseline value): the same method with only that axis changed
     "gc": ("grad_ckpt", False),
     "prec": ("precision", "fp32"),
     "attn": ("attn", ""),
+    "comp": ("compile", ""),
 }
 
 
@@ -229,9 +242,16 @@ def with_axis_costs(df: pd.DataFrame, mem: str) -> pd.DataFrame:
     out = df
     for prefix, (axis, base_value) in AXIS_COSTS.items():
         keys = [k for k in ("model", "task", "method_label", *RATIO_AXES) if k != axis]
-        base = df[(df[axis] == base_value) & (df["status"] == "success")][[*keys, mem, "tokens_per_s"]]
+        base = df[(df[axis] == base_value) & (df["status"] == "success")][
+            [*keys, mem, "tokens_per_s", "step_time_p50_s"]
+        ]
         merged = df[keys].merge(base.drop_duplicates(keys), on=keys, how="left", suffixes=("", "_base"))
         keep = ((df[axis] != base_value) & (df["status"] == "success")).to_numpy()
         out[f"{prefix}_mem_x"] = np.where(keep, num(df[mem]) / num(merged[mem]), np.nan)
         out[f"{prefix}_speed_x"] = np.where(keep, num(df["tokens_per_s"]) / num(merged["tokens_per_s"]), np.nan)
+        if prefix == "comp":  # the steps after which compiling paid for itself (none while it is not faster)
+            saved = num(merged["step_time_p50_s"]) - num(df["step_time_p50_s"])
+            overhead = num(df["compile_overhead_s"]) if "compile_overhead_s" in df else np.full(len(df), np.nan)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out["compile_payoff_steps"] = np.where(keep & (saved > 0), np.ceil(overhead / saved), np.nan)
     return out

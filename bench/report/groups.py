@@ -19,6 +19,7 @@ TITLES = {
     "distill": "Distillation",
     "prune": "Pruning",
     "lowrank": "Low-rank factorization",
+    "compile": "torch.compile (the compile axis)",
 }
 
 
@@ -46,10 +47,12 @@ def _header(spec: MetricSpec) -> str:
     return spec.header + (f" ({spec.unit})" if unit else "")
 
 
-def row_label(r: dict[str, Any], seeds: bool) -> str:
+def row_label(r: dict[str, Any], vary: set[str]) -> str:
     """The cell in a group table: method, and the axes that tell its rows apart."""
-    extra = (" gc" if r.get("grad_ckpt") is True else "") + (f" s{r['seed']}" if seeds else "")
-    return escape(f"{r['method_label']}{extra}")
+    extra = " gc" if r.get("grad_ckpt") is True else ""
+    extra += f" attn {r['attn'] or 'default'}" if "attn" in vary else ""
+    extra += f" compile {r['compile'] or 'off'}" if "compile" in vary else ""
+    return escape(f"{r['method_label']}{extra}" + (f" s{r['seed']}" if "seed" in vary else ""))
 
 
 def group_tables(group: pd.DataFrame, specs: dict[str, MetricSpec]) -> list[str]:
@@ -63,12 +66,12 @@ def group_tables(group: pd.DataFrame, specs: dict[str, MetricSpec]) -> list[str]
         if not cols:
             continue
         rows = ok[ok[[s.name for s in cols]].notna().any(axis=1)]
-        seeds = rows["seed"].nunique() > 1
+        vary = {c for c in ("seed", "attn", "compile") if c in rows and rows[c].nunique() > 1}
         out += [f"{TITLES.get(name, name.capitalize())}:", ""]
         out.append("| method | precision | ga | " + " | ".join(escape(_header(s)) for s in cols) + " |")
         out.append("|---|---|---|" + "---|" * len(cols))
         for r in rows.to_dict("records"):
             values = " | ".join(fmt_value(r[s.name], s) for s in cols)
-            out.append(f"| {row_label(r, seeds)} | {r['precision']} | {r['grad_accum']} | {values} |")
+            out.append(f"| {row_label(r, vary)} | {r['precision']} | {r['grad_accum']} | {values} |")
         out += ["", *[f"- {escape(_header(s))}: {s.doc}" for s in cols], ""]
     return out

@@ -59,8 +59,8 @@ def _axis_text(r: pd.Series, col: str) -> str:
         return f"{escape(r[col])} (emulated)"
     if col == "grad_ckpt":
         return "on" if r[col] else "off"
-    if col == "attn":
-        return escape(r[col] or "default")
+    if col in ("attn", "compile"):
+        return escape(r[col] or ("default" if col == "attn" else "off"))
     return escape(r[col])
 
 
@@ -69,7 +69,7 @@ def group_table(df: pd.DataFrame) -> str:
     from tabulate import tabulate
 
     mem = memory_column(df)
-    vary = [c for c in ("precision", "grad_accum", "grad_ckpt", "attn", "seed") if df[c].nunique() > 1]
+    vary = [c for c in ("precision", "grad_accum", "grad_ckpt", "attn", "compile", "seed") if df[c].nunique() > 1]
     if df["emulated"].any() and "precision" not in vary:
         vary.insert(0, "precision")
     has_ratio = df["speed_x"].notna().any() or df["score_delta"].notna().any()
@@ -114,13 +114,20 @@ COST_HEADERS = {
     "gc": "grad ckpt on / off: mem ×, speed ×",
     "prec": "vs fp32: mem ×, speed ×",
     "attn": "vs default attention: mem ×, speed ×",
+    "comp": "compiled vs not: mem ×, speed × (pays off after)",
 }
 
 
 def _cost_text(r: pd.Series, prefix: str) -> str:
     """What this cell's checkpointing (or precision) costs against the same method without it."""
     mem, speed = r.get(f"{prefix}_mem_x"), r.get(f"{prefix}_speed_x")
-    return "" if pd.isna(speed) else f"{fmt_ratio(mem)}, {fmt_ratio(speed)}"
+    if pd.isna(speed):
+        return ""
+    text = f"{fmt_ratio(mem)}, {fmt_ratio(speed)}"
+    if prefix == "comp":
+        steps = r.get("compile_payoff_steps")
+        text += f" (after {int(steps):,} steps)" if pd.notna(steps) else " (never: not faster)"
+    return text
 
 
 def group_remarks(group: pd.DataFrame) -> str:

@@ -94,6 +94,17 @@ CORE: tuple[MetricSpec, ...] = (
        label="MFU", group="utilisation"),
     _m("hfu", "hardware_flops_per_token x tokens/s / the same peak", direction=HIGHER, label="HFU",
        group="utilisation"),
+    # torch.compile (the `compile` axis, bench/cell/compiled.py)
+    _m("compile_warmup_s", "time of the warm-up steps of a compiled cell (the compile happens in them)", "s",
+       label="warm-up s", group="compile"),
+    _m("compile_overhead_s", "compile_warmup_s minus as many steady (median timed) steps: what compiling cost",
+       "s", direction=LOWER, label="compile overhead s", group="compile"),
+    _m("graph_breaks", "dynamo graph breaks during training (each one splits the compiled graph)", fmt="int",
+       direction=LOWER, label="graph breaks", group="compile"),
+    _m("compiled_graphs", "distinct graphs dynamo compiled during training", fmt="int", label="graphs",
+       group="compile"),
+    _m("dynamo_frames", "Python frames dynamo compiled during training (recompiles included)", fmt="int",
+       label="frames compiled", group="compile"),
     # machine noise (bench/trackers/cpu_load.py)
     _m("step_time_spread", "step_time_p90_s / step_time_p50_s of the timed steps", label="step p90/p50",
        group="noise"),

@@ -30,6 +30,16 @@ class InferenceOptions:
             raise ValueError("new_tokens, batch, prompt_len and repeats must be >= 1")
 
 
+@dataclass
+class CompileOptions:
+    """`compile: {mode, backend, dynamic, fullgraph}`: torch.compile's own arguments."""
+
+    mode: str | None = None  # default | reduce-overhead | max-autotune ...
+    backend: str = "inductor"  # inductor | aot_eager | eager ...
+    dynamic: bool | None = None
+    fullgraph: bool = False
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 TABLE: tuple[Default, ...] = (

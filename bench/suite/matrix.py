@@ -97,6 +97,7 @@ def to_spec(suite: Any, cell: dict[str, Any]) -> RunSpec:
         grad_accum=cell["grad_accum"],
         grad_ckpt=cell["grad_ckpt"],
         attn=cell["attn"],
+        compile=cell["compile"],
         seed=cell["seed"],
         model_options=plugin_options(model),
         task_options=plugin_options(task),
@@ -129,6 +130,8 @@ def combination_problems(where: str, spec: RunSpec) -> list[str]:
         )
     if spec.lm_eval and registry.load_task(spec.task).model_kind != "causal_lm":
         out.append(f"{where}: {label}: lm_eval scores causal LMs; task {spec.task!r} trains a sequence classifier")
+    if spec.compile and spec.warmup_steps < 1:
+        out.append(f"{where}: {label}: compile needs warmup_steps >= 1 (compiling happens in the first steps)")
     if spec.eval_every and spec.eval_every >= spec.steps:
         out.append(f"{where}: {label}: eval_every {spec.eval_every} must be < steps {spec.steps} (no curve point)")
     if spec.warmup_steps >= spec.steps:

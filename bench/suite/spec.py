@@ -19,14 +19,14 @@ from typing import Any
 from bench.suite.defaults import VALUES
 
 AXES = ("model", "task", "method", "precision", "grad_accum")
-OPTIONAL_AXES = {"grad_ckpt": False, "seed": 0, "attn": ""}  # axis -> value when the suite does not give it
+OPTIONAL_AXES = {"grad_ckpt": False, "seed": 0, "attn": "", "compile": False}  # axis -> value when not given
 ATTN = ("eager", "sdpa", "flash_attention_2", "flex_attention")  # `attn` axis: transformers' attn_implementation
 ALL_AXES = (*AXES, *OPTIONAL_AXES)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 # Fields that do not change what a cell measures: editing them must not rerun finished cells.
 NOT_HASHED = ("suite", "suite_hash", "timeout_s")
 # Fields added after records existed: left out of the hash at these values, so older records still resume.
-HASHED_UNLESS = {"content": {}, "eval_every": 0, "lm_eval": None, "attn": ""}
+HASHED_UNLESS = {"content": {}, "eval_every": 0, "lm_eval": None, "attn": "", "compile": False}
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class RunSpec:
     lm_eval: dict[str, Any] | None = VALUES["lm_eval"]
     grad_ckpt: bool = False
     attn: str = ""  # attn_implementation ("": the model's default)
+    compile: bool | dict[str, Any] = False  # torch.compile after the method is applied (true or its options)
     model_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +80,8 @@ class RunSpec:
             parts.append("gc")
         if self.attn:
             parts.append(f"attn-{self.attn}")
+        if self.compile:
+            parts.append(compile_label(self.compile))
         if self.seed != OPTIONAL_AXES["seed"]:
             parts.append(f"s{self.seed}")
         return "--".join(parts)
@@ -110,6 +113,13 @@ class RunSpec:
     @classmethod
     def read(cls, path: Path) -> RunSpec:
         return cls.from_json(Path(path).read_text())
+
+
+def compile_label(value: bool | dict[str, Any]) -> str:
+    """`true` -> `compile`; `{backend: aot_eager, mode: ...}` -> `compile-aot_eager-...` (values in key order)."""
+    if value is True or not isinstance(value, dict) or not value:
+        return "compile"
+    return slug("-".join(["compile", *(str(value[k]) for k in sorted(value))]))
 
 
 def model_label(model: str) -> str:

@@ -12,7 +12,7 @@ from bench.models import sources
 from bench.options import parse_options, suggest, type_error
 from bench.scoring.harness import INSTALL as LM_EVAL_INSTALL
 from bench.scoring.harness import LmEvalOptions
-from bench.suite.defaults import BY_KEY, ENTRY_OVERRIDES, InferenceOptions
+from bench.suite.defaults import BY_KEY, ENTRY_OVERRIDES, CompileOptions, InferenceOptions
 from bench.suite.spec import ATTN, PRECISIONS
 
 
@@ -51,6 +51,11 @@ def check_axis_entry(axis: str, value: Any, where: str, problems: list[str]) -> 
         low = 1 if axis == "grad_accum" else 0
         if err := type_error(value, int) or (None if value >= low else f"must be >= {low}"):
             problems.append(f"{where}: {err}")
+    if axis == "compile" and not isinstance(value, bool):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected true, false or a mapping of torch.compile options, got {value!r}")
+        else:
+            problems.extend(parse_options(CompileOptions, value, where)[1])
     if axis == "attn" and value not in ("", *ATTN):
         problems.append(f"{where}: unknown attention {value!r}{suggest(str(value), ATTN)}; valid: {', '.join(ATTN)}")
     if axis == "grad_ckpt" and not isinstance(value, bool):
