@@ -188,6 +188,12 @@ def _selfcheck(args: argparse.Namespace) -> int:
     return selfcheck.main(args)
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from bench import fit
+
+    return fit.main(args)
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from bench.models.assets import fetch_assets
 
@@ -246,6 +252,18 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(fn=_run)
 
 
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    fp = sub.add_parser("fit", help="the largest seq_len or micro-batch each cell trains without running out of memory")
+    fp.add_argument("suite")
+    fp.add_argument("--axis", default="seq_len", help="seq_len | micro_batch")
+    fp.add_argument("--min", type=int, default=None, help="smallest candidate (default: the step, or 1)")
+    fp.add_argument("--max", type=int, default=8192, help="largest candidate (default 8192)")
+    fp.add_argument("--step", type=int, default=None, help="candidate spacing (seq_len: 64; micro_batch: powers of 2)")
+    fp.add_argument("--memory-limit-mib", type=float, default=None, help="cap what each probe may allocate")
+    fp.add_argument("--out", default="out/fit")
+    fp.set_defaults(fn=_fit)
+
+
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("report", help="markdown/CSV/JSON tables and a trade-off plot from records")
     rp.add_argument("source", help="out dir or results.jsonl")
@@ -297,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --deterministic: compare cells whose spec changed (reported either way)",
     )
     cp.set_defaults(fn=_compare)
+    add_fit_parser(sub)
     sc = sub.add_parser("selfcheck", help="harness vs an independent plain loop: step time, memory, energy")
     sc.add_argument("--out", default="out/selfcheck")
     sc.add_argument("--model", help="default: llama-1b-shape on GPU, tiny-llama on CPU")

@@ -1,6 +1,12 @@
 """Exceptions that carry meaning across the harness."""
 
-OOM_TEXT = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
+OOM_TEXT = (
+    "CUDA out of memory",
+    "OutOfMemoryError",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "DefaultCPUAllocator: can't allocate memory",  # a CPU cell past its memory limit (peft-bench fit)
+    "MemoryError",
+)
 
 
 def looks_like_oom(text: str) -> bool:

@@ -142,6 +142,7 @@ LAYERS: dict[str, set[str]] = {
     "report": {"core", "results"},
     "runner": {"core", "results", "suite", "execution"},
     "selfcheck": {"core", "results", "trackers", "models", "suite", "execution", "runner"},
+    "fit": {"core", "results", "suite", "plan", "runner"},
     "cli": {
         "core",
         "env",
@@ -155,6 +156,7 @@ LAYERS: dict[str, set[str]] = {
         "report",
         "runner",
         "selfcheck",
+        "fit",
     },
 }
 CORE = {"bench", "bench.errors", "bench.options"}

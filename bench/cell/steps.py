@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bench.cell.probe import apply_memory_limit, check_memory_limit, skip_eval_after
 from bench.errors import Unsupported
 from bench.results.cell_result import CellResult
 from bench.results.rundir import RunDir
@@ -299,6 +300,7 @@ def phase_train(c: Cell) -> None:
         before = dynamo_counters()
     stats = train(c.model, c.task, c.spec, c.method, c.precision, c.device, c.clock, hook)
     c.train_stats = stats
+    check_memory_limit(c.result.task_info.get("memory_limit"))
     if c.spec.compile:
         c.metrics.update(compile_metrics(before, stats))
     if c.allocator is not None:
@@ -390,6 +392,13 @@ def phase_inference(c: Cell) -> None:
     c.missing.update(missing)
 
 
+def before_training(c: Cell) -> None:
+    """A fit probe's memory limit (counted from the state training starts in), then a clean allocator."""
+    if c.spec.memory_limit_mib:
+        c.result.task_info["memory_limit"] = apply_memory_limit(c.spec.memory_limit_mib, c.device)
+    clean_allocator(c)
+
+
 def _always(spec: RunSpec) -> bool:
     return True
 
@@ -413,8 +422,8 @@ STEPS: tuple[Step, ...] = (
     Step(Phase.DATA, phase_data),
     Step(Phase.APPLY, phase_apply),
     Step(Phase.EVAL_BEFORE, phase_eval_before, lambda spec: spec.eval_before, skip_eval_before),
-    Step(Phase.TRAIN, phase_train, before=clean_allocator),
-    Step(Phase.EVAL_AFTER, phase_eval_after),
+    Step(Phase.TRAIN, phase_train, before=before_training),
+    Step(Phase.EVAL_AFTER, phase_eval_after, lambda spec: not spec.probe, skip_eval_after),
     Step(Phase.SAVE, phase_save, lambda spec: spec.save_checkpoint, skip_save),
     Step(Phase.INFERENCE, phase_inference, lambda spec: bool(spec.inference)),
 )

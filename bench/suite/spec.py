@@ -26,7 +26,15 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 # Fields that do not change what a cell measures: editing them must not rerun finished cells.
 NOT_HASHED = ("suite", "suite_hash", "timeout_s")
 # Fields added after records existed: left out of the hash at these values, so older records still resume.
-HASHED_UNLESS = {"content": {}, "eval_every": 0, "lm_eval": None, "attn": "", "compile": False}
+HASHED_UNLESS = {
+    "content": {},
+    "eval_every": 0,
+    "lm_eval": None,
+    "attn": "",
+    "compile": False,
+    "probe": False,
+    "memory_limit_mib": None,
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class RunSpec:
     grad_ckpt: bool = False
     attn: str = ""  # attn_implementation ("": the model's default)
     compile: bool | dict[str, Any] = False  # torch.compile after the method is applied (true or its options)
+    probe: bool = False  # a `peft-bench fit` probe: trains only (no evaluation after, no save, no inference)
+    memory_limit_mib: float | None = None  # what the cell may allocate beyond its state after imports (fit)
     model_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
