@@ -6,7 +6,9 @@
 #      estimate vs torch allocation (LoRA / full / QLoRA), inference cost                      [issues 14, 15, 21]
 #   3. the same LoRA / IA3 / full cells with the fork server; compare against spawn               [issue 15]
 #   4. one suites/shapes.yaml cell per shape (3B, 8B, 7B; random weights from config)             [issue 18]
-#   5. scripts/gpu_summary.py: the closing-note tables
+#   5. suites/gpu-knobs.yaml: LoRA plain vs torch.compile vs eager attention (compile cost, payoff)   [issue 31]
+#   6. peft-bench fit --axis seq_len on suites/gpu-fit.yaml under 24 GB: LoRA vs full vs QLoRA         [issue 31]
+#   7. scripts/gpu_summary.py: the closing-note tables (+ the knobs report and fit.md)
 # Run:   device.run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=540)
 #   after: mkdir -p .whl && cp ../shared/device/wheels/{bitsandbytes,datasets,evaluate,pyarrow,dill,multiprocess,xxhash}*.whl .whl/
 # The GPU we were lent had a 615 MiB process of another owner on it (invisible by PID): --allow-busy-gpu is passed
@@ -49,8 +51,15 @@ else
   timeout 130 $PB run suites/shapes.yaml --out "$WORK/shapes" $BUSY --force --only "*roberta*lora*" device=cpu \
     seq_len=64 steps=6 warmup_steps=2 allow_emulated_precision=true >> "$OUT/run.log" 2>&1
 fi
-say "5. summary"
-for d in cells cells-fork shapes; do cp "$WORK/$d/results.jsonl" "$OUT/$d.jsonl" 2>/dev/null; done
+say "5. knobs: compile, attention"
+if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then FITMAX=512 FITSTEP=128 FITLIM=300; else FITMAX=16384 FITSTEP=2048 FITLIM=24000; fi
+timeout 100 $PB run suites/gpu-knobs.yaml --out "$WORK/knobs" $BUSY --force $OV >> "$OUT/run.log" 2>&1
+$PB report "$WORK/knobs" -o "$OUT/knobs.md" >> "$OUT/run.log" 2>&1
+say "6. fit: longest seq_len in ${FITLIM} MiB"
+timeout 110 $PB fit suites/gpu-fit.yaml --axis seq_len --min "$FITSTEP" --max "$FITMAX" --step "$FITSTEP" \
+  --memory-limit-mib "$FITLIM" --out "$WORK/fit" > "$OUT/fit.md" 2>> "$OUT/run.log"
+say "7. summary"
+for d in cells cells-fork shapes knobs; do cp "$WORK/$d/results.jsonl" "$OUT/$d.jsonl" 2>/dev/null; done
 python3 scripts/gpu_summary.py "$WORK" > "$OUT/summary.md" 2>> "$OUT/run.log"
 say "done"
-cat "$OUT/summary.md"
+cat "$OUT/summary.md" "$OUT/knobs.md" "$OUT/fit.md" 2>/dev/null
