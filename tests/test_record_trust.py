@@ -269,7 +269,13 @@ def test_the_allocator_is_cleaned_before_the_training_window_opens(tmp_path, mon
     from bench.trackers.phases import Phase
 
     train = next(s for s in steps.STEPS if s.phase == Phase.TRAIN)
-    assert train.before is steps.clean_allocator
+    assert train.before is steps.before_training
+    cleaned = []
+    monkeypatch.setattr(steps, "clean_allocator", cleaned.append)
+    fake_cell = type("C", (), {"spec": type("S", (), {"memory_limit_mib": None})()})()
+    steps.before_training(fake_cell)
+    assert cleaned == [fake_cell]  # the allocator is cleaned in the step's `before`
+    monkeypatch.undo()
     events = {}
     fake = steps.Step(
         Phase.TRAIN,
