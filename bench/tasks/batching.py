@@ -185,6 +185,14 @@ def lm_loss_eval(
     return total / max(count, 1)
 
 
+def perplexity_eval(task: ExampleTask, model: Model, device: str, batch_size: int, autocast: Autocast) -> dict:
+    """Held-out perplexity of task.eval (the score; lower is better) and the token-averaged loss it comes from."""
+    import math
+
+    loss = lm_loss_eval(task, model, device, batch_size, autocast, task.eval)
+    return {"score": math.exp(loss), "perplexity": math.exp(loss), "eval_loss": loss}
+
+
 def general_examples(
     task: ExampleTask, tokenizer: Any, vocab_size: int, n: int = 64
 ) -> tuple[list[dict[str, Any]], str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.tasks.base import IGNORE, TaskConfig
-from bench.tasks.batching import ExampleTask, batched, classification_eval, lm_loss_eval, pack
+from bench.tasks.batching import ExampleTask, batched, classification_eval, pack, perplexity_eval
 
 
 class HubUnavailable(RuntimeError):
@@ -154,7 +154,4 @@ class Perplexity(ExampleTask):
         self.train, self.eval = chunks("train", self.config.n_train), chunks("test", self.config.n_eval)
 
     def evaluate(self, model, device, batch_size, autocast) -> dict[str, float]:
-        import math
-
-        loss = lm_loss_eval(self, model, device, batch_size, autocast, self.eval)
-        return {"score": math.exp(loss), "perplexity": math.exp(loss), "eval_loss": loss}
+        return perplexity_eval(self, model, device, batch_size, autocast)

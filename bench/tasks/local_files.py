@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.tasks.base import TaskConfig
-from bench.tasks.batching import ExampleTask, classification_eval, lm_loss_eval
+from bench.tasks.batching import ExampleTask, classification_eval, perplexity_eval
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -227,10 +227,7 @@ class LMText(ExampleTask):
         return [{"input_ids": p, "labels": p} for p in pieces]
 
     def evaluate(self, model, device, batch_size, autocast) -> dict[str, float]:
-        import math
-
-        loss = lm_loss_eval(self, model, device, batch_size, autocast, self.eval)
-        return {"score": math.exp(loss), "perplexity": math.exp(loss), "eval_loss": loss}
+        return perplexity_eval(self, model, device, batch_size, autocast)
 
     def info(self) -> dict[str, Any]:
         return {"train_sequences": len(self.train), "eval_sequences": len(self.eval), "seq_len": self.seq_len}
