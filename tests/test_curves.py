@@ -73,7 +73,9 @@ def test_eval_every_gives_a_curve_and_leaves_the_training_unchanged(tmp_path, mo
     assert m["curve_eval_time_s"] >= 3 * SLOW_EVAL_S
     assert max(curve["step_times_s"]) < SLOW_EVAL_S
     assert curve["timings"]["time_train_s"] < plain["timings"]["time_train_s"] + SLOW_EVAL_S
-    assert m["tokens_per_s"] > 0.5 * plain["metrics"]["tokens_per_s"]  # with the evaluations inside: < 0.25x
+    # throughput is over the timed steps only (a ratio to the plain run is CPU noise on a shared runner)
+    assert m["tokens_per_s"] == pytest.approx(m["timed_tokens"] / sum(curve["step_times_s"]))
+    assert m["timed_tokens"] == plain["metrics"]["timed_tokens"]
 
 
 def curve_records():

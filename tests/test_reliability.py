@@ -117,6 +117,19 @@ def test_a_cell_that_hangs_after_its_result_keeps_its_verdict(tmp_path, fault_en
     assert any("had not exited" in n for n in rec["notes"])
 
 
+def test_a_long_cell_says_which_phase_it_is_in(tmp_path, fault_env, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", fault_env["PYTHONPATH"])
+    slow = {"name": "fault-slow", "step_sleep_s": 0.6, "label": "slow"}
+    path = make_suite(tmp_path, {"method": [slow]}, steps=5)
+    lines: list[str] = []
+    opts = RunOptions(out_dir=tmp_path / "out", local=LocalOptions(launcher="spawn", heartbeat_s=0.5))
+    run_specs(expand(load_suite(path)), opts, progress=lines.append)
+    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert rec["status"] == "success"
+    beats = [line for line in lines if line.startswith("  ... ")]
+    assert any(f"{rec['run_id']}: in its train phase for" in line for line in beats), lines
+
+
 @pytest.mark.parametrize("launcher", ["spawn", "fork-server"])
 def test_runner_killed_with_sigkill_leaves_no_cell_behind(tmp_path, fault_env, launcher):
     marker = tmp_path / "training.pid"

@@ -25,6 +25,7 @@ class RunContext:
 
 BUSY_THRESHOLD_MIB = 500.0  # GPU memory held by others above which a GPU counts as busy
 EXIT_GRACE_S = 30.0  # a cell that wrote its result but has not exited by then is killed
+HEARTBEAT_S = 60.0  # a cell running longer says this often which phase it is in
 
 
 @dataclass(kw_only=True)
@@ -36,6 +37,7 @@ class LocalOptions:
     busy_wait_s: float = 60.0
     nvml_interval_s: float = 0.01
     exit_grace_s: float = EXIT_GRACE_S
+    heartbeat_s: float = HEARTBEAT_S
     fit_check: bool = True  # on a GPU: a cell whose memory estimate exceeds the free memory is not started
 
 

@@ -101,6 +101,8 @@ class LocalExecutor:
                     exit_grace_s=opts.exit_grace_s,
                     notes=watch.before_cell() if watch else [],
                     metrics={"suite_baseline_nvml_mib": watch.start_used_mib} if watch else {},
+                    progress=ctx.progress,
+                    heartbeat_s=opts.heartbeat_s,
                 )
                 return supervise_cell(job)
 

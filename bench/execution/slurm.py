@@ -60,6 +60,7 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
         nvml_interval_s=nvml_interval_s,
         env_parent=env,
         should_stop=lambda: bool(ended_by_slurm),
+        progress=lambda line: print(line, flush=True),  # into the job's log (`squeue`/`sacct` show it is running)
     )
     record = supervise_cell(job)
     if ended_by_slurm:

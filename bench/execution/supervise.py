@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 
 from bench.cell import LAUNCH_ENV
-from bench.execution.base import EXIT_GRACE_S
+from bench.execution.base import EXIT_GRACE_S, HEARTBEAT_S
 from bench.execution.gpus import GpuSlot
 from bench.execution.launchers import CellProcess, Launcher, kill_processes, wait_for_exit
 from bench.results.cell_result import CellResult
@@ -45,6 +45,8 @@ class CellJob:
     exit_grace_s: float = EXIT_GRACE_S  # how long a cell may take to exit after writing its result
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)  # e.g. the GPU's memory at suite start
+    progress: Callable[[str], None] = lambda line: None  # where "still running" lines go (the runner's progress)
+    heartbeat_s: float = HEARTBEAT_S
 
 
 def cell_env(spec: RunSpec, slot: GpuSlot | None, token: str) -> dict[str, str]:
@@ -132,14 +134,29 @@ def supervise_cell(job: CellJob) -> Record:
     return build_record(spec, child, exit, parent)
 
 
+def still_running(job: CellJob, elapsed: float) -> str:
+    """A progress line for a long cell: the phase it is in (from its marks) and for how long."""
+    spans = read_marks(job.run_dir.phases)
+    open_phases = [(name, s["start_unix"]) for name, s in spans.items() if "end_unix" not in s and "start_unix" in s]
+    if not open_phases:
+        return f"  ... {job.spec.run_id}: running for {elapsed:.0f} s (starting)"
+    name, since = max(open_phases, key=lambda p: p[1])
+    return f"  ... {job.spec.run_id}: in its {name} phase for {time.time() - since:.0f} s (cell {elapsed:.0f} s)"
+
+
 def wait_cell(proc: CellProcess, job: CellJob, watch: TreeWatch) -> tuple[CellExit, list[str]]:
-    """Poll until the cell exits, is canceled, times out, or lingers after writing its result."""
+    """Poll until the cell exits, is canceled, times out, or lingers after writing its result; every
+    `heartbeat_s` a long cell says which phase it is in."""
     t0, n, written_at = time.monotonic(), 0, None
+    beat = t0 + job.heartbeat_s
     while (rc := proc.poll()) is None:
         n += 1
         if n % 25 == 0:
             watch.poll()
         now = time.monotonic()
+        if now >= beat:
+            job.progress(still_running(job, now - t0))
+            beat = now + job.heartbeat_s
         if job.should_stop():
             return CellExit(None, Status.CANCELED, "cell canceled by a signal to the runner"), []
         if written_at is None and job.run_dir.result.exists():
