@@ -7,6 +7,7 @@
 #   3. the same LoRA / IA3 / full cells with the fork server; compare against spawn               [issue 15]
 #   4. one suites/shapes.yaml cell per shape (3B, 8B, 7B; random weights from config)             [issue 18]
 #   5. suites/gpu-knobs.yaml: LoRA plain vs torch.compile vs eager attention (compile cost, payoff)   [issue 31]
+#      and vs a 1-GPU DDP cell through torchrun (the distributed path's own overhead)                [issue 30]
 #   6. peft-bench fit --axis seq_len on suites/gpu-fit.yaml under 24 GB: LoRA vs full vs QLoRA         [issue 31]
 #   7. scripts/gpu_summary.py: the closing-note tables (+ the knobs report and fit.md)
 # Run:   device.run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=540)
@@ -53,7 +54,7 @@ else
 fi
 say "5. knobs: compile, attention"
 if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then FITMAX=512 FITSTEP=128 FITLIM=300; else FITMAX=16384 FITSTEP=2048 FITLIM=24000; fi
-timeout 100 $PB run suites/gpu-knobs.yaml --out "$WORK/knobs" $BUSY --force $OV >> "$OUT/run.log" 2>&1
+timeout 130 $PB run suites/gpu-knobs.yaml --out "$WORK/knobs" $BUSY --force $OV >> "$OUT/run.log" 2>&1
 $PB report "$WORK/knobs" -o "$OUT/knobs.md" >> "$OUT/run.log" 2>&1
 say "6. fit: longest seq_len in ${FITLIM} MiB"
 timeout 110 $PB fit suites/gpu-fit.yaml --axis seq_len --min "$FITSTEP" --max "$FITMAX" --step "$FITSTEP" \

@@ -83,6 +83,23 @@ def test_four_cells_run_as_jobs_and_a_job_slurm_kills_at_its_limit_is_a_timeout(
     assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 5  # the second run added nothing
 
 
+def test_a_two_rank_cell_is_one_job_with_a_cpu_per_rank(tmp_path, slurm):
+    ddp = {"name": "lora", "r": 2, "distributed": {"nproc": 2, "strategy": "ddp"}}
+    path = suite(tmp_path, [ddp], name="ranks")
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=slurm, timeout=400)
+    assert res.returncode == 0, res.stderr + res.stdout
+    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert rec["status"] == "success" and rec["run_id"].endswith("--ddp2"), rec.get("error")
+    assert rec["env"]["slurm_job_id"] and rec["metrics"]["world_size"] == 2 and len(rec["ranks"]) == 2
+    job = subprocess.run(
+        ["scontrol", "show", "job", rec["env"]["slurm_job_id"]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **slurm},
+    )
+    assert job.returncode != 0 or "NumCPUs=2" in job.stdout or "MinCPUsNode=2" in job.stdout, job.stdout
+
+
 def slow_job(tmp_path, name, env):
     """A runner whose one Slurm job trains slowly; returns (runner, suite, out, job id) once training began."""
     marker = tmp_path / "training.pid"

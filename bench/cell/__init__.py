@@ -47,11 +47,12 @@ def run_cell(run_dir: Path) -> CellResult:
     t_main = time.time()
     rd = RunDir(Path(run_dir))
     spec = RunSpec.read(rd.spec)
+    out = own_dir(rd, spec)
     launched = os.environ.get(LAUNCH_ENV)
     result = CellResult(
         child_pid=os.getpid(), timings={"time_spawn_s": (t_main - float(launched)) if launched else None}
     )
-    cell = Cell(spec=spec, run_dir=rd, clock=PhaseClock(rd.phases), result=result)
+    cell = Cell(spec=spec, run_dir=rd, clock=PhaseClock(out.phases), result=result)
     try:
         for step in STEPS:
             if not step.enabled(spec):
@@ -63,8 +64,21 @@ def run_cell(run_dir: Path) -> CellResult:
         result.status = Status.SUCCESS
     except BaseException as exc:  # noqa: BLE001 - every failure must become a record
         _classify(result, exc)
-    _finish(cell, t_main)
+    _finish(cell, t_main, out)
     return result
+
+
+def own_dir(rd: RunDir, spec: RunSpec) -> RunDir:
+    """Where this process writes its result and phase marks: the run dir, or RUN_DIR/ranks/K for rank K > 0 of a
+    distributed cell (rank 0 writes the cell's result)."""
+    from bench.cell.distributed import rank_of_env
+
+    rank = rank_of_env() if spec.distributed else None
+    if not rank:
+        return rd
+    out = RunDir(rd.path / "ranks" / str(rank))
+    out.path.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _classify(result: CellResult, exc: BaseException) -> None:
@@ -85,7 +99,7 @@ def _classify(result: CellResult, exc: BaseException) -> None:
     traceback.print_exc()
 
 
-def _finish(cell: Any, t_main: float) -> None:
+def _finish(cell: Any, t_main: float, out: RunDir) -> None:
     result = cell.result
     result.phases = cell.clock.spans
     result.timings.update(cell.clock.timings())
@@ -102,7 +116,7 @@ def _finish(cell: Any, t_main: float) -> None:
     if result.heavy_modules_loaded is None:
         result.heavy_modules_loaded = heavy_modules()
     result.timings["time_child_total_s"] = time.time() - t_main
-    cell.run_dir.write_result(result)
+    out.write_result(result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bench.cell RUN_DIR", file=sys.stderr)
         return 2
     die_with_parent()
-    run_cell(Path(argv[0]))
+    result = run_cell(Path(argv[0]))
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # result.json is written: no interpreter teardown (library threads, CUDA) can hang the exit
+    # a rank that did not succeed exits 1, so torchrun ends the others instead of leaving them in a collective
+    distributed = RunSpec.read(RunDir(Path(argv[0])).spec).distributed
+    failed_rank = bool(distributed) and result.status != Status.SUCCESS
+    os._exit(1 if failed_rank else 0)  # result.json is written: no interpreter teardown (threads, CUDA) can hang

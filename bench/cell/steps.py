@@ -46,6 +46,8 @@ class Cell:
     curve: list[dict[str, Any]] = field(default_factory=list)  # score-curve points taken during training
     train_stats: Any = None  # bench.cell.train.TrainStats of the training phase
     lm_eval_cache: dict[str, Any] = field(default_factory=dict)  # lm-eval's task index, built once per cell
+    ranks: Any = None  # bench.cell.distributed.Ranks of a distributed cell (None: one process)
+    train_model: Any = None  # what training runs through: the model, or its DDP wrapper
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -84,8 +86,14 @@ def phase_import(c: Cell) -> None:
     ):
         importlib.import_module(module)
     c.device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
+    if spec.distributed:
+        from bench.cell.distributed import init
+
+        c.ranks = init(spec, c.device)
     plugins = {"method": registry.package_of("method", spec.method), "task": registry.package_of("task", spec.task)}
     c.result.env = {**base_env(), **device_env(c.device), "seed": spec.seed, "plugins": plugins}
+    if c.ranks:
+        c.result.env["distributed"] = c.ranks.describe()
     c.task_cfg, problems = parse_options(c.task_cls.config_cls, spec.task_options, "task")
     c.method_cfg, problems2 = parse_options(c.method_cls.config_cls, spec.method_options, "method")
     if problems or problems2:
@@ -193,6 +201,12 @@ def phase_apply(c: Cell) -> None:
     c.result.dtypes = dtype_report(c.model, c.precision)
     causal = c.task_cls.model_kind == "causal_lm"
     c.metrics.update(estimate_model(c.model, spec, c.precision.compute_dtype, causal).as_metrics())
+    c.train_model = c.model
+    if c.ranks:  # after counting: parameter counts are global, never per shard
+        from bench.cell.distributed import wrap
+
+        c.metrics["world_size"] = c.ranks.world
+        c.train_model = wrap(c.model, c.ranks, c.precision.mixed_precision, c.device)
 
 
 def method_context(c: Cell) -> Any:
@@ -298,7 +312,7 @@ def phase_train(c: Cell) -> None:
         from bench.cell.compiled import compile_metrics, dynamo_counters
 
         before = dynamo_counters()
-    stats = train(c.model, c.task, c.spec, c.method, c.precision, c.device, c.clock, hook)
+    stats = train(c.train_model, c.task, c.spec, c.method, c.precision, c.device, c.clock, hook, c.ranks)
     c.train_stats = stats
     check_memory_limit(c.result.task_info.get("memory_limit"))
     if c.spec.compile:
@@ -308,6 +322,10 @@ def phase_train(c: Cell) -> None:
         measured = c.allocator.attribute()
         c.metrics.update(measured.metrics)
         c.missing.update(measured.missing)
+    if c.ranks:
+        from bench.cell.distributed import gather_into
+
+        gather_into(c, stats)
     tp, tp_missing = throughput_metrics(stats)
     c.metrics.update(tp)
     c.missing.update(tp_missing)
@@ -361,11 +379,12 @@ CHECKPOINT_METRICS = ("checkpoint_bytes", "checkpoint_total_bytes")
 
 def phase_save(c: Cell) -> None:
     """The method's checkpoint. A failing save is recorded in its own field; the measured cell stays a success."""
+    from bench.cell.distributed import save_cell
     from bench.cell.measure import checkpoint_summary
 
     ckpt = c.run_dir.checkpoint
     try:
-        info = c.method.save(c.model, ckpt) or {}
+        info = save_cell(c, ckpt) if c.ranks else c.method.save(c.model, ckpt) or {}
     except Exception as exc:  # disk full, a method's save bug, ...
         why = f"checkpoint save failed: {type(exc).__name__}: {str(exc)[:300]}"
         c.result.checkpoint = {"error": why}

@@ -79,11 +79,13 @@ def train(
     device: str,
     marks: Any,
     after_step: Callable[[int, TrainStats], None] | None = None,
+    ranks: Any = None,
 ) -> TrainStats:
     """`spec.steps` optimizer steps of `spec.batch_size` examples split into `spec.grad_accum` micro-batches.
 
     Each micro-batch contributes loss_sum / (targets in the whole effective batch), so the gradient equals the one
-    of the full batch whatever the split. `marks.start/end(Phase.TRAIN_TIMED)` bracket the timed steps."""
+    of the full batch whatever the split (and whatever the ranks: `ranks` of a distributed cell, each taking an
+    equal share). `marks.start/end(Phase.TRAIN_TIMED)` bracket the timed steps."""
     import torch
 
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], spec.lr, device)
@@ -94,9 +96,7 @@ def train(
     batches = task.train_batches(spec.batch_size)
     with input_casting_off(model, policy):
         for step in range(spec.steps):
-            micro = task.micro_batches(next(batches), spec.micro_batch)
-            counts = [task.target_count(b, method.prepends_tokens) for b in micro]
-            total = sum(counts)
+            micro, counts, total = step_batches(task, next(batches), spec, method.prepends_tokens, ranks)
             if total == 0:  # a loss over no targets is 0 and trains nothing: no result to publish
                 raise Unsupported(
                     f"the step-{step} batch has no training targets (seq_len {spec.seq_len}); raise seq_len"
@@ -107,14 +107,8 @@ def train(
             counter = flop_counter() if step == 0 and not timed and not spec.compile else None
             sync(device)
             t0 = time.perf_counter()
-            step_loss = torch.zeros((), device=device)
             with counter or nullcontext():
-                for batch, count in zip(micro, counts):
-                    on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    with autocast():
-                        loss = method.loss(model, task, Step(on_device, total, count))
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    step_loss += loss.detach()
+                step_loss = forward_backward(model, task, method, micro, counts, total, autocast, scaler, ranks, device)
                 _optimizer_step(optimizer, scaler, stats)
                 method.after_optimizer_step(model, step)  # part of the method's cost, so inside the timed step
                 optimizer.zero_grad(set_to_none=True)
@@ -122,6 +116,10 @@ def train(
             if counter is not None:
                 stats.counted_flops, stats.counted_tokens = float(counter.get_total_flops()), real_tokens(micro)
             elapsed = time.perf_counter() - t0
+            if ranks is not None:  # the effective batch's loss, for the curve (outside the step's clock)
+                from bench.cell.distributed import reduce_loss
+
+                step_loss = reduce_loss(step_loss)
             _account(stats, step_loss, micro, timed, elapsed)
             if math.isnan(stats.losses[-1]):  # _account stores every non-finite loss as nan
                 raise Diverged(step, float(step_loss), stats.losses)
@@ -130,6 +128,55 @@ def train(
     if spec.steps > spec.warmup_steps:
         marks.end(Phase.TRAIN_TIMED)
     return stats
+
+
+def forward_backward(
+    model: Any,
+    task: Any,
+    method: Any,
+    micro: list[Any],
+    counts: list[int],
+    total: int,
+    autocast: Any,
+    scaler: Any,
+    ranks: Any,
+    device: str,
+) -> Any:
+    """Forward and backward of this process's micro-batches; their summed loss (detached)."""
+    import torch
+
+    world = ranks.world if ranks is not None else 1  # DDP and FSDP average gradients over ranks: scaled back
+    step_loss = torch.zeros((), device=device)
+    for i, (batch, count) in enumerate(zip(micro, counts)):
+        on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast():
+            loss = method.loss(model, task, Step(on_device, total, count))
+        with grad_sync(model, ranks, i == len(micro) - 1):
+            scaled = loss * world if world > 1 else loss
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        step_loss += loss.detach()
+    return step_loss
+
+
+def step_batches(
+    task: Any, examples: list[Any], spec: Any, prepends: bool, ranks: Any
+) -> tuple[list[Any], list[int], int]:
+    """This process's micro-batches of one effective batch, their target counts and the effective batch's total.
+    Every rank draws the same batch and takes its contiguous share of `grad_accum` micro-batches, so N ranks
+    train what one process would."""
+    world, rank = (ranks.world, ranks.rank) if ranks is not None else (1, 0)
+    every = task.micro_batches(examples, spec.micro_batch // world)
+    counts = [task.target_count(b, prepends) for b in every]
+    mine = slice(rank * spec.grad_accum, (rank + 1) * spec.grad_accum)
+    return every[mine], counts[mine], sum(counts)
+
+
+def grad_sync(model: Any, ranks: Any, last: bool) -> Any:
+    if ranks is None:
+        return nullcontext()
+    from bench.cell.distributed import grad_sync as sync_on_last
+
+    return sync_on_last(model, last)
 
 
 def flop_counter() -> Any:

@@ -51,6 +51,34 @@ class FitCheck:
         return rec
 
 
+def too_wide(spec: RunSpec, slots: list[Any], ctx: RunContext) -> Record:
+    why = (
+        f"{spec.world_size} ranks need {spec.world_size} GPUs; this run has {len(slots)} "
+        f"({', '.join(str(s.index) for s in slots)}; --gpus, CUDA_VISIBLE_DEVICES)"
+    )
+    parent = {"run_dir": str(ctx.out.run(spec.run_id).path)}
+    return build_record(spec, None, CellExit(None, Status.UNSUPPORTED, why), parent)
+
+
+def run_all(on_gpu: list[RunSpec], on_cpu: list[RunSpec], slots: list[Any], run: Any, ctx: RunContext) -> None:
+    """One-GPU cells one per slot; then cells with several ranks, one at a time on the first slots they need (no
+    deadlock between them and one-GPU cells); then CPU cells on the CPU slot."""
+
+    def done(rec: Record, slot: Any) -> None:
+        ctx.on_record(rec)
+
+    one = [s for s in on_gpu if s.world_size == 1]
+    if one:
+        execute(one, slots, run, done, ctx.should_stop)
+    for spec in [s for s in on_gpu if s.world_size > 1]:
+        if ctx.should_stop():
+            break
+        n = spec.world_size
+        done(run(spec, slots[0], tuple(slots[1:n])) if n <= len(slots) else too_wide(spec, slots, ctx), None)
+    if on_cpu:
+        execute(on_cpu, [None], run, done, ctx.should_stop)
+
+
 class LocalExecutor:
     name = "local"
 
@@ -83,7 +111,7 @@ class LocalExecutor:
             fits = FitCheck(backend, on_gpu) if on_gpu and opts.fit_check else None
             cpu_reason = "a device: cpu cell: no GPU is sampled" if backend is not None else reason
 
-            def run(spec: RunSpec, slot: GpuSlot | None) -> Record:
+            def run(spec: RunSpec, slot: GpuSlot | None, more: tuple[GpuSlot, ...] = ()) -> Record:
                 watch = watches.get(slot)
                 refused = fits.refuse(spec, slot, ctx) if fits and slot else None
                 if refused is not None:
@@ -103,16 +131,11 @@ class LocalExecutor:
                     metrics={"suite_baseline_nvml_mib": watch.start_used_mib} if watch else {},
                     progress=ctx.progress,
                     heartbeat_s=opts.heartbeat_s,
+                    more_slots=more,
                 )
                 return supervise_cell(job)
 
-            def done(rec: Record, slot: Any) -> None:
-                ctx.on_record(rec)
-
-            if on_gpu:
-                execute(on_gpu, slots, run, done, ctx.should_stop)
-            if on_cpu:
-                execute(on_cpu, [None], run, done, ctx.should_stop)
+            run_all(on_gpu, on_cpu, slots, run, ctx)
         finally:
             for launcher in launchers.values():
                 launcher.close()

@@ -97,16 +97,22 @@ class SlurmExecutor:
         self._gpu_partition: bool | None = None
 
     def gpus_for(self, spec: RunSpec) -> int:
-        """GPUs to request: the suite's setting, else one for cells that need a GPU (auto: if the partition has)."""
+        """GPUs to request: a distributed GPU cell's world size; else the suite's setting, else one for cells that
+        need a GPU (auto: if the partition has)."""
+        if spec.distributed and spec.device != "cpu" and (spec.device == "cuda" or self._has_gpus()):
+            return spec.world_size
         if self.settings.gpus_per_job is not None:
             return self.settings.gpus_per_job
         if spec.device == "cpu":
             return 0
         if spec.device == "cuda":
             return 1
+        return 1 if self._has_gpus() else 0
+
+    def _has_gpus(self) -> bool:
         if self._gpu_partition is None:
             self._gpu_partition = partition_has_gpus(self.settings.partition)
-        return 1 if self._gpu_partition else 0
+        return self._gpu_partition
 
     def time_min(self, spec: RunSpec) -> int:
         """The job's limit: the suite's time_min, else the cell's timeout plus a margin (minutes)."""
@@ -136,6 +142,8 @@ class SlurmExecutor:
         ):
             if getattr(self.settings, key) is not None:
                 params[name] = getattr(self.settings, key)
+        if spec.distributed and not gpus:  # a CPU rank per core at least
+            params["cpus_per_task"] = max(params.get("cpus_per_task", 1), spec.world_size)
         if self.settings.sbatch:
             params["slurm_additional_parameters"] = sbatch_options(self.settings.sbatch)
         ex.update_parameters(**params)

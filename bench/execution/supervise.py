@@ -47,12 +47,19 @@ class CellJob:
     metrics: dict[str, Any] = field(default_factory=dict)  # e.g. the GPU's memory at suite start
     progress: Callable[[str], None] = lambda line: None  # where "still running" lines go (the runner's progress)
     heartbeat_s: float = HEARTBEAT_S
+    more_slots: tuple[GpuSlot, ...] = ()  # a distributed GPU cell's other GPUs (NVML samples `slot`'s)
 
 
-def cell_env(spec: RunSpec, slot: GpuSlot | None, token: str) -> dict[str, str]:
-    env = {**os.environ, CELL_TOKEN_ENV: token, LAUNCH_ENV: repr(time.time())}
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def cell_env(spec: RunSpec, slot: GpuSlot | None, token: str, more: tuple[GpuSlot, ...] = ()) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}  # a runner inside torchrun: not a rank
+    env.update({CELL_TOKEN_ENV: token, LAUNCH_ENV: repr(time.time())})
     if slot is not None:
         env.update(slot.cell_env())
+        if more:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(s.uuid for s in (slot, *more))
         if spec.cuda_alloc_conf:
             env["PYTORCH_CUDA_ALLOC_CONF"] = spec.cuda_alloc_conf
     elif spec.device == "cpu":
@@ -107,7 +114,7 @@ def supervise_cell(job: CellJob) -> Record:
     token = f"{spec.run_id}:{attempt}:{uuid.uuid4().hex[:8]}"
     started_at, started_unix, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.time(), time.perf_counter()
     trackers = make_trackers(job)
-    proc = job.launcher.launch(rd, cell_env(spec, job.slot, token))
+    proc = job.launcher.launch(rd, cell_env(spec, job.slot, token, job.more_slots))
     for tracker in trackers:
         tracker.start(proc.pid)
     watch = TreeWatch(proc.pid)

@@ -86,14 +86,17 @@ def activation_bytes(
 
 
 def estimate_model(model: Any, spec: RunSpec, compute_dtype: str, causal: bool) -> MemoryEstimate:
-    """The estimate for a model the method has been applied to (real or on the meta device)."""
+    """The estimate for a model the method has been applied to (real or on the meta device); for a distributed
+    cell, per rank: its share of each micro-batch, and under FSDP its shard of weights, gradients and optimizer."""
     weights, grads, optim = parameter_bytes(model)
     config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
     compute = 4 if compute_dtype == "float32" else 2
-    acts = activation_bytes(config, spec.micro_batch, spec.seq_len, compute, spec.grad_ckpt, causal)
+    micro = spec.micro_batch // spec.world_size
+    acts = activation_bytes(config, micro, spec.seq_len, compute, spec.grad_ckpt, causal)
     if compute == 2:
         acts += autocast_weight_copies(model)
-    return MemoryEstimate(weights / MIB, grads / MIB, optim / MIB, acts / MIB)
+    shards = spec.world_size if spec.distributed and spec.distributed["strategy"] == "fsdp" else 1
+    return MemoryEstimate(weights / MIB / shards, grads / MIB / shards, optim / MIB / shards, acts / MIB)
 
 
 def autocast_weight_copies(model: Any) -> float:

@@ -73,6 +73,13 @@ def _info(rec: dict[str, Any], section: str, key: str, default: Any = None) -> A
     return (rec.get(section) or {}).get(key, default)
 
 
+def _distributed_text(value: Any) -> str:
+    """`ddp2`, `fsdp4` (the run id's part); "" for one process."""
+    if not isinstance(value, dict):
+        return ""
+    return f"{value.get('strategy', 'ddp')}{value.get('nproc', 1)}"
+
+
 def _compile_text(value: Any) -> str:
     """The `compile` axis as a report cell: '' (off), 'on', or its options `backend=aot_eager`."""
     if not value:
@@ -97,6 +104,7 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
         "grad_ckpt": bool(spec.get("grad_ckpt", False)),
         "attn": spec.get("attn") or "",
         "compile": _compile_text(spec.get("compile")),
+        "distributed": _distributed_text(spec.get("distributed")),
         "seed": spec.get("seed", 0),
         "batch_size": spec.get("batch_size"),
         "steps": spec.get("steps"),
@@ -155,6 +163,7 @@ TEXT_COLUMNS = [
     "precision",
     "attn",
     "compile",
+    "distributed",
     "status",
     "error",
     "metric",
@@ -177,7 +186,7 @@ def read_export(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={c: object for c in TEXT_COLUMNS})
     columns = list(flatten({"run_id": ""}).keys())  # an export older than a column: that column is unknown (NaN)
     df = df.reindex(columns=[*columns, *[c for c in df.columns if c not in columns]])
-    for axis in ("attn", "compile"):  # the default (model's attention, not compiled) is written as an empty field
+    for axis in ("attn", "compile", "distributed"):  # a default (model's attention, not compiled, one process): ""
         df[axis] = df[axis].fillna("")
     return df
 
@@ -204,7 +213,7 @@ def memory_column(df: pd.DataFrame) -> str:
 
 def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     """Add ratios against the `full` cell of the same model/task/precision/grad_accum/grad_ckpt (success only)."""
-    keys = ["model", "task", "precision", "grad_accum", "grad_ckpt", "attn", "compile", "seed"]
+    keys = ["model", "task", "precision", "grad_accum", "grad_ckpt", "attn", "compile", "distributed", "seed"]
     base = df[(df["method"] == "full") & (df["status"] == "success")]
     out = df.copy()
     for col in ("mem_x", "speed_x", "ckpt_x", "score_delta"):
@@ -225,12 +234,13 @@ def with_ratios(df: pd.DataFrame) -> pd.DataFrame:
     return with_axis_costs(out, mem)
 
 
-RATIO_AXES = ("precision", "grad_accum", "grad_ckpt", "attn", "compile", "seed")
+RATIO_AXES = ("precision", "grad_accum", "grad_ckpt", "attn", "compile", "distributed", "seed")
 AXIS_COSTS = {  # prefix -> (the axis, its baseline value): the same method with only that axis changed
     "gc": ("grad_ckpt", False),
     "prec": ("precision", "fp32"),
     "attn": ("attn", ""),
     "comp": ("compile", ""),
+    "dist": ("distributed", ""),
 }
 
 

@@ -20,6 +20,7 @@ TITLES = {
     "prune": "Pruning",
     "lowrank": "Low-rank factorization",
     "compile": "torch.compile (the compile axis)",
+    "distributed": "Distributed cells (every rank's figures are in the record's `ranks`)",
 }
 
 
@@ -52,6 +53,7 @@ def row_label(r: dict[str, Any], vary: set[str]) -> str:
     extra = " gc" if r.get("grad_ckpt") is True else ""
     extra += f" attn {r['attn'] or 'default'}" if "attn" in vary else ""
     extra += f" compile {r['compile'] or 'off'}" if "compile" in vary else ""
+    extra += f" {r['distributed'] or '1 process'}" if "distributed" in vary else ""
     return escape(f"{r['method_label']}{extra}" + (f" s{r['seed']}" if "seed" in vary else ""))
 
 
@@ -66,7 +68,7 @@ def group_tables(group: pd.DataFrame, specs: dict[str, MetricSpec]) -> list[str]
         if not cols:
             continue
         rows = ok[ok[[s.name for s in cols]].notna().any(axis=1)]
-        vary = {c for c in ("seed", "attn", "compile") if c in rows and rows[c].nunique() > 1}
+        vary = {c for c in ("seed", "attn", "compile", "distributed") if c in rows and rows[c].nunique() > 1}
         out += [f"{TITLES.get(name, name.capitalize())}:", ""]
         out.append("| method | precision | ga | " + " | ".join(escape(_header(s)) for s in cols) + " |")
         out.append("|---|---|---|" + "---|" * len(cols))

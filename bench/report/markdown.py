@@ -59,8 +59,8 @@ def _axis_text(r: pd.Series, col: str) -> str:
         return f"{escape(r[col])} (emulated)"
     if col == "grad_ckpt":
         return "on" if r[col] else "off"
-    if col in ("attn", "compile"):
-        return escape(r[col] or ("default" if col == "attn" else "off"))
+    if col in ("attn", "compile", "distributed"):
+        return escape(r[col] or {"attn": "default", "compile": "off", "distributed": "1 process"}[col])
     return escape(r[col])
 
 
@@ -69,7 +69,8 @@ def group_table(df: pd.DataFrame) -> str:
     from tabulate import tabulate
 
     mem = memory_column(df)
-    vary = [c for c in ("precision", "grad_accum", "grad_ckpt", "attn", "compile", "seed") if df[c].nunique() > 1]
+    axes = ("precision", "grad_accum", "grad_ckpt", "attn", "compile", "distributed", "seed")
+    vary = [c for c in axes if df[c].nunique() > 1]
     if df["emulated"].any() and "precision" not in vary:
         vary.insert(0, "precision")
     has_ratio = df["speed_x"].notna().any() or df["score_delta"].notna().any()
@@ -115,6 +116,7 @@ COST_HEADERS = {
     "prec": "vs fp32: mem ×, speed ×",
     "attn": "vs default attention: mem ×, speed ×",
     "comp": "compiled vs not: mem ×, speed × (pays off after)",
+    "dist": "vs one process: mem ×, speed ×",
 }
 
 
@@ -199,7 +201,9 @@ FOOTNOTES = [
     "× full / Δ: against the `full` cell with the same model, task, precision, grad accum, checkpointing and seed.",
     "grad ckpt on / off: a gradient-checkpointing cell against the same method without it (what checkpointing "
     "costs in memory and speed); vs fp32: a bf16/fp16/quantized cell against the same method in fp32; vs default "
-    "attention: an `attn` cell against the same method with the model's default attention implementation.",
+    "attention: an `attn` cell against the same method with the model's default attention implementation; vs one "
+    "process: a `distributed` cell (all its ranks: the tree's memory, the whole cell's tokens/s) against the same "
+    "method in one process.",
     "(emulated): bf16 on a CPU without native bf16, run because the suite opted in; its speed measures the emulation.",
     "cells that did not succeed show their status instead of numbers; the notes under each table say why.",
 ]

@@ -38,6 +38,7 @@ class CellResult:
     loss_curve: list[float | None] | None = None
     score_curve: list[dict[str, Any]] | None = None  # eval_every: {step, tokens, train_s, score}
     step_times_s: list[float] | None = None
+    ranks: list[dict[str, Any]] | None = None  # a distributed cell's figures per rank (training phase)
     checkpoint: dict[str, Any] | None = None
     heavy_modules_loaded: list[str] | None = None
     metric_specs: dict[str, dict[str, Any]] = field(default_factory=dict)  # the plugins' own metrics, documented

@@ -147,6 +147,13 @@ CORE: tuple[MetricSpec, ...] = (
     _m("train_rss_growth_mib", "train_peak_rss_mib - rss_at_train_start_mib: what training itself added", "MiB",
        direction=LOWER, label="train RSS growth MiB", plot_label="memory training added, RSS growth (MiB; CPU run)",
        group="memory"),
+    # distributed cells (bench/cell/distributed.py): the figures of every rank are in the record's `ranks`
+    _m("world_size", "ranks of a distributed cell (torchrun; one process: not recorded)", label="ranks", fmt="int",
+       group="distributed"),
+    _m("rank_peak_rss_mib", "distributed cells: the largest rank's own resident peak (ru_maxrss) after training",
+       "MiB", direction=LOWER, label="largest rank RSS MiB", group="distributed"),
+    _m("rank_peak_torch_allocated_mib", "distributed cells: the largest rank's torch peak allocated in training",
+       "MiB", direction=LOWER, label="largest rank torch MiB", group="distributed"),
     _m("nvml_samples", "NVML samples taken during the cell", label="NVML samples", fmt="int", group="memory"),
     _m("nvml_errors", "NVML samples that failed (driver errors); the others still count", label="NVML errors",
        fmt="int", group="memory"),

@@ -72,7 +72,12 @@ class Record:
         "with eval_every: `{step, tokens, train_s, score}` at step 0 (score_before), every N steps and the last step "
         "(score_after); tokens and train_s are the real tokens and step time trained so far, warm-up included"
     )
-    step_times_s: list[float] | None = _f("time of each timed (post-warm-up) optimizer step")
+    step_times_s: list[float] | None = _f(
+        "time of each timed (post-warm-up) optimizer step (distributed cells: the slowest rank's)"
+    )
+    ranks: list[dict[str, Any]] | None = _f(
+        "distributed cells: per rank, its peaks (`peak_rss_mib`, torch's), mean step time, tokens (null: one process)"
+    )
     checkpoint: dict[str, Any] | None = _f(
         "what was saved: `{saved, dtype?, files, weight_bytes, total_bytes}` or `{error}`"
     )
@@ -175,6 +180,7 @@ def build_record(
         loss_curve=json_safe(child.loss_curve),
         score_curve=json_safe(child.score_curve),
         step_times_s=child.step_times_s,
+        ranks=child.ranks,
         checkpoint=child.checkpoint,
         heavy_modules_loaded=child.heavy_modules_loaded,
         child_pid=child.child_pid,

@@ -40,6 +40,31 @@ class CompileOptions:
     fullgraph: bool = False
 
 
+STRATEGIES = ("ddp", "fsdp")  # `distributed.strategy`
+
+
+@dataclass
+class DistributedOptions:
+    """`distributed: {nproc, strategy, nnodes}`: the cell's ranks, started by torchrun (gloo on CPU, NCCL on CUDA)."""
+
+    nproc: int = 1  # ranks on the node (GPU cells: one GPU each)
+    strategy: str = "ddp"  # ddp: replicated model, gradient all-reduce | fsdp: FSDP2 fully_shard per block
+    nnodes: int = 1
+    timeout_s: float = 300.0  # collective timeout: a dead rank ends the cell instead of hanging it
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if self.nproc < 1 or self.nnodes < 1 or self.timeout_s <= 0:
+            raise ValueError("nproc and nnodes must be >= 1 and timeout_s > 0")
+        if self.nnodes > 1:
+            raise ValueError("nnodes > 1 is not supported yet (one node, up to all its GPUs or cores)")
+
+    def label(self) -> str:
+        """The run-id part: `ddp2`, `fsdp4`."""
+        return f"{self.strategy}{self.nproc}"
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 TABLE: tuple[Default, ...] = (

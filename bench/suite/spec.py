@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bench.suite.defaults import VALUES
+from bench.suite.defaults import VALUES, DistributedOptions
 
 AXES = ("model", "task", "method", "precision", "grad_accum")
-OPTIONAL_AXES = {"grad_ckpt": False, "seed": 0, "attn": "", "compile": False}  # axis -> value when not given
+OPTIONAL_AXES = {"grad_ckpt": False, "seed": 0, "attn": "", "compile": False, "distributed": None}  # when not given
 ATTN = ("eager", "sdpa", "flash_attention_2", "flex_attention")  # `attn` axis: transformers' attn_implementation
 ALL_AXES = (*AXES, *OPTIONAL_AXES)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
@@ -34,6 +34,7 @@ HASHED_UNLESS = {
     "compile": False,
     "probe": False,
     "memory_limit_mib": None,
+    "distributed": None,
 }
 
 
@@ -66,6 +67,7 @@ class RunSpec:
     compile: bool | dict[str, Any] = False  # torch.compile after the method is applied (true or its options)
     probe: bool = False  # a `peft-bench fit` probe: trains only (no evaluation after, no save, no inference)
     memory_limit_mib: float | None = None  # what the cell may allocate beyond its state after imports (fit)
+    distributed: dict[str, Any] | None = None  # {nproc, strategy, nnodes}: the cell's ranks (None: one process)
     model_options: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +78,10 @@ class RunSpec:
     @property
     def micro_batch(self) -> int:
         return self.batch_size // self.grad_accum
+
+    @property
+    def world_size(self) -> int:
+        return self.distributed["nproc"] * self.distributed.get("nnodes", 1) if self.distributed else 1
 
     @property
     def eval_batch(self) -> int:
@@ -92,6 +98,8 @@ class RunSpec:
             parts.append(f"attn-{self.attn}")
         if self.compile:
             parts.append(compile_label(self.compile))
+        if self.distributed:
+            parts.append(DistributedOptions(**self.distributed).label())
         if self.seed != OPTIONAL_AXES["seed"]:
             parts.append(f"s{self.seed}")
         return "--".join(parts)

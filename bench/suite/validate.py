@@ -3,6 +3,7 @@ grad_accum, grad_ckpt, seeds). Used by suite loading and by matrix expansion (in
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from typing import Any
 
@@ -12,7 +13,7 @@ from bench.models import sources
 from bench.options import parse_options, suggest, type_error
 from bench.scoring.harness import INSTALL as LM_EVAL_INSTALL
 from bench.scoring.harness import LmEvalOptions
-from bench.suite.defaults import BY_KEY, ENTRY_OVERRIDES, CompileOptions, InferenceOptions
+from bench.suite.defaults import BY_KEY, ENTRY_OVERRIDES, CompileOptions, DistributedOptions, InferenceOptions
 from bench.suite.spec import ATTN, PRECISIONS
 
 
@@ -56,11 +57,25 @@ def check_axis_entry(axis: str, value: Any, where: str, problems: list[str]) -> 
             problems.append(f"{where}: expected true, false or a mapping of torch.compile options, got {value!r}")
         else:
             problems.extend(parse_options(CompileOptions, value, where)[1])
+    if axis == "distributed":
+        return check_distributed(value, where, problems)
     if axis == "attn" and value not in ("", *ATTN):
         problems.append(f"{where}: unknown attention {value!r}{suggest(str(value), ATTN)}; valid: {', '.join(ATTN)}")
     if axis == "grad_ckpt" and not isinstance(value, bool):
         problems.append(f"{where}: expected true or false, got {value!r}")
     return value
+
+
+def check_distributed(value: Any, where: str, problems: list[str]) -> dict[str, Any] | None:
+    """null (one process) or `{nproc, strategy, nnodes, timeout_s}`, resolved with every default filled in."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"{where}: expected null or a mapping like {{nproc: 2, strategy: ddp}}, got {value!r}")
+        return None
+    opts, errs = parse_options(DistributedOptions, value, where)
+    problems.extend(errs)
+    return dataclasses.asdict(opts) if opts else None
 
 
 def _check_named_entry(axis: str, value: Any, where: str, problems: list[str]) -> Any:
@@ -72,6 +87,9 @@ def _check_named_entry(axis: str, value: Any, where: str, problems: list[str]) -
     for key in ENTRY_OVERRIDES:
         if key in options:
             check_default(key, options.pop(key), f"{where}.{key}", problems, {})
+    if "distributed" in options:  # an entry's own ranks (the matrix axis, where given, wins)
+        ranks = check_distributed(options.pop("distributed"), f"{where}.distributed", problems)
+        entry = {**entry, "distributed": ranks}
     if axis == "model":
         bad = set(options) - set(sources.MODEL_OPTIONS)
         if bad:

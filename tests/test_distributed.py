@@ -1,0 +1,148 @@
+"""Cells over two gloo ranks on CPU (torchrun through bench.cell.ranks): DDP LoRA and FSDP2 full fine-tuning train
+what one process trains at the same global batch, the record is the whole cell's with every rank's peaks, and a
+rank killed mid-step fails the cell naming that rank with no process left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from bench.errors import SuiteError
+from bench.suite.load import expand, parse_suite
+from conftest import cli, make_suite, read_jsonl
+
+DDP2, FSDP2 = {"nproc": 2, "strategy": "ddp"}, {"nproc": 2, "strategy": "fsdp"}
+SMALL = dict(steps=5, warmup_steps=2, batch_size=8, seq_len=24, eval_before=False, device="cpu")
+
+
+@pytest.mark.slow
+def test_ddp_lora_and_fsdp_full_follow_the_one_process_loss_curve(tmp_path):
+    path = make_suite(
+        tmp_path,
+        {"method": ["lora", "full"], "grad_accum": [2], "task": ["reverse"]},
+        **SMALL,
+    )
+    text = path.read_text() + (
+        "include:\n  - {method: lora, distributed: {nproc: 2, strategy: ddp}}\n"
+        "  - {method: full, distributed: {nproc: 2, strategy: fsdp}}\n"
+    )
+    path.write_text(text)
+    res = cli("run", str(path), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    recs = {r["run_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
+    one_id = "tiny-llama--reverse--{}--fp32--ga2"
+    for method, strategy in (("lora", "ddp"), ("full", "fsdp")):
+        one, two = recs[one_id.format(method)], recs[one_id.format(method) + f"--{strategy}2"]
+        assert two["status"] == "success", two.get("error")
+        assert two["loss_curve"] == pytest.approx(one["loss_curve"], rel=1e-3)
+        assert two["env"]["distributed"] == {"world_size": 2, "strategy": strategy, "backend": "gloo", "nnodes": 1}
+        m1, m2 = one["metrics"], two["metrics"]
+        assert m2["world_size"] == 2 and "world_size" not in m1
+        # global figures, never per rank or per shard
+        assert (m2["trainable_params"], m2["total_params"]) == (m1["trainable_params"], m1["total_params"])
+        assert m2["timed_tokens"] == m1["timed_tokens"] and len(two["step_times_s"]) == len(one["step_times_s"])
+        assert [r["rank"] for r in two["ranks"]] == [0, 1]
+        assert all(r["peak_rss_mib"] > 0 and r["timed_tokens"] == m1["timed_tokens"] / 2 for r in two["ranks"])
+        assert m2["rank_peak_rss_mib"] == max(r["peak_rss_mib"] for r in two["ranks"])
+        assert m2["checkpoint_bytes"] == pytest.approx(m1["checkpoint_bytes"], rel=0.01)  # written once
+        assert m2["hardware_flops_per_token"] == pytest.approx(m1["hardware_flops_per_token"], rel=1e-6)
+    ranks_dirs = list((tmp_path / "out" / "runs").glob("*fsdp2/ranks/1/result.json"))
+    assert len(ranks_dirs) == 1  # rank 1 kept its own result beside rank 0's
+
+
+def test_a_killed_rank_fails_the_cell_naming_it_and_leaves_no_process(tmp_path, fault_env):
+    marker = tmp_path / "training.pid"
+    slow = {"name": "fault-slow", "marker": str(marker), "step_sleep_s": 0.5, "label": "slow", "distributed": DDP2}
+    path = make_suite(tmp_path, {"method": [slow]}, steps=200, device="cpu", timeout_s=300)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", str(path), "--out", str(tmp_path / "out"), "--no-forecast"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **fault_env},
+    )
+    t0 = time.time()
+    while not (marker.exists() and marker.read_text()) and time.time() - t0 < 120:
+        time.sleep(0.05)
+    tree = psutil.Process(runner.pid).children(recursive=True)
+    ranks = {int(p.environ().get("RANK", -1)): p for p in tree if "bench.cell" in " ".join(p.cmdline())}
+    ranks.pop(-1, None)  # the agent
+    assert sorted(ranks) == [0, 1], [p.cmdline() for p in tree]
+    os.kill(ranks[1].pid, signal.SIGKILL)
+    out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 1, out + err
+    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert rec["status"] == "failed" and rec["error"]["rank"] == 1, rec["error"]
+    assert "rank 1" in rec["error"]["message"] and "signal 9 (SIGKILL)" in rec["error"]["message"]
+    assert time.time() - t0 < 100  # the killed rank ended the cell, not the 300 s timeout
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def suite_data(**distributed):
+    return {
+        "defaults": {"batch_size": 6, "device": "cpu"},
+        "matrix": {
+            "model": ["tiny-llama"],
+            "task": ["reverse"],
+            "method": ["lora"],
+            "precision": ["fp32"],
+            "grad_accum": [1],
+            "distributed": [distributed],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "distributed, message",
+    [
+        ({"nproc": 4}, "batch_size 6 is not divisible by grad_accum x ranks (1 x 4)"),
+        ({"nproc": 2, "strategy": "zero"}, "unknown strategy 'zero'; valid: ddp, fsdp"),
+        ({"nproc": 2, "nnodes": 2}, "nnodes > 1 is not supported yet"),
+        ({"nprocs": 2}, "nprocs: unknown option (did you mean 'nproc'?); valid: nproc, strategy"),
+    ],
+)
+def test_a_distributed_setting_that_cannot_run_is_refused_at_load(distributed, message):
+    with pytest.raises(SuiteError) as err:
+        parse_suite(suite_data(**distributed), "s.yaml", [])
+    assert message in str(err.value), str(err.value)
+
+
+def test_the_run_id_names_the_ranks_and_one_process_cells_keep_theirs():
+    (spec,) = expand(parse_suite(suite_data(nproc=2), "s.yaml", []))
+    assert spec.run_id.endswith("--ga1--ddp2") and spec.world_size == 2
+    data = suite_data()
+    data["matrix"]["distributed"] = [None]
+    (one,) = expand(parse_suite(data, "s.yaml", []))
+    assert one.run_id == "tiny-llama--reverse--lora--fp32--ga1" and one.distributed is None
+
+
+def test_the_estimate_is_per_rank_and_fsdp_divides_what_it_shards():
+    from bench.plan.memory import estimate_spec
+
+    data = suite_data()
+    data["defaults"]["batch_size"] = 8
+    data["matrix"]["distributed"] = [None, {"nproc": 2, "strategy": "ddp"}, {"nproc": 2, "strategy": "fsdp"}]
+    one, ddp, fsdp = (estimate_spec(s)[0] for s in expand(parse_suite(data, "s.yaml", [])))
+    assert ddp.weights_mib == one.weights_mib and ddp.optimizer_mib == one.optimizer_mib
+    assert ddp.activations_mib < one.activations_mib  # half the micro-batch per rank
+    assert fsdp.weights_mib == pytest.approx(one.weights_mib / 2) and fsdp.gradients_mib == pytest.approx(
+        one.gradients_mib / 2
+    )
+    assert fsdp.activations_mib == ddp.activations_mib
+
+
+def test_a_gpu_cell_wider_than_the_node_is_unsupported_and_names_the_gpus(tmp_path):
+    import fake_nvml
+
+    fake = {"devices": [{"name": "FakeGPU0", "used_mib": 0, "processes": []}]}
+    path = make_suite(tmp_path, {"method": [{"name": "lora", "distributed": DDP2}]}, steps=2)
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), "--no-fit-check", env=fake_nvml.env(fake))
+    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert rec["status"] == "unsupported", rec
+    assert "2 ranks need 2 GPUs; this run has 1 (0;" in rec["error"]["message"], res.stdout + res.stderr
