@@ -119,16 +119,27 @@ def _finish(cell: Any, t_main: float, out: RunDir) -> None:
     out.write_result(result)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_dir_argument(argv: list[str] | None, module: str) -> Path | None:
+    """The one RUN_DIR argument of `python -m MODULE RUN_DIR` (None after printing the usage), and this process
+    set to die with its parent: what every cell process entry point starts with."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m bench.cell RUN_DIR", file=sys.stderr)
-        return 2
+        print(f"usage: python -m {module} RUN_DIR", file=sys.stderr)
+        return None
     die_with_parent()
-    result = run_cell(Path(argv[0]))
+    return Path(argv[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.cell.distributed import rank_of_env
+
+    run_dir = run_dir_argument(argv, "bench.cell")
+    if run_dir is None:
+        return 2
+    result = run_cell(run_dir)
     sys.stdout.flush()
     sys.stderr.flush()
     # a rank that did not succeed exits 1, so torchrun ends the others instead of leaving them in a collective
-    distributed = RunSpec.read(RunDir(Path(argv[0])).spec).distributed
-    failed_rank = bool(distributed) and result.status != Status.SUCCESS
+    # (only torchrun's ranks have RANK: the supervisor strips it from every cell's environment)
+    failed_rank = rank_of_env() is not None and result.status != Status.SUCCESS
     os._exit(1 if failed_rank else 0)  # result.json is written: no interpreter teardown (threads, CUDA) can hang

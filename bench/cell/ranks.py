@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.cell import PARENT_ENV, die_with_parent
+from bench.cell import PARENT_ENV, run_dir_argument
 from bench.results.cell_result import CellResult, Status
 from bench.results.rundir import RunDir
 from bench.suite.defaults import DistributedOptions
@@ -67,12 +67,10 @@ def record_failure(rd: RunDir, failures: dict[int, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m bench.cell.ranks RUN_DIR", file=sys.stderr)
+    run_dir = run_dir_argument(argv, "bench.cell.ranks")
+    if run_dir is None:
         return 2
-    die_with_parent()
-    rd = RunDir(Path(argv[0]))
+    rd = RunDir(run_dir)
     spec = RunSpec.read(rd.spec)
     os.environ[PARENT_ENV] = str(os.getpid())  # the ranks' parent: they die with this agent
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

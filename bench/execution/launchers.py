@@ -68,18 +68,11 @@ def kill_processes(pids: set[int] | list[int], group: int | None = None, timeout
     return [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
-def is_distributed(run_dir: RunDir) -> bool:
-    from bench.suite.spec import RunSpec
-
-    return bool(RunSpec.read(run_dir.spec).distributed)
-
-
 class SpawnedCell:
-    """`python -m bench.cell RUN_DIR`, or for a distributed cell its agent `python -m bench.cell.ranks RUN_DIR`
-    (torchrun's ranks under it, in the same session, so the cell's tree is still one group to kill)."""
+    """`python -m bench.cell RUN_DIR`, or (module `bench.cell.ranks`) a distributed cell's agent, torchrun's ranks
+    under it in the same session, so the cell's tree is still one group to kill."""
 
-    def __init__(self, run_dir: RunDir, env: dict[str, str]):
-        module = "bench.cell.ranks" if is_distributed(run_dir) else "bench.cell"
+    def __init__(self, run_dir: RunDir, env: dict[str, str], module: str = "bench.cell"):
         with open(run_dir.stdout, "wb") as out, open(run_dir.stderr, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module, str(run_dir.path)],
@@ -188,8 +181,6 @@ class ForkServerLauncher:
             self._start(self.env or dict(os.environ))
 
     def launch(self, run_dir: RunDir, env: dict[str, str]) -> CellProcess:
-        if is_distributed(run_dir):  # torchrun starts fresh rank processes: nothing to fork from a warm server
-            return SpawnedCell(run_dir, env)
         self._ensure_running()  # restarts a server that died (once)
         changed = {k: v for k, v in env.items() if os.environ.get(k) != v}  # per-cell settings (GPU, launch time)
         self.proc.stdin.write(json.dumps({"run_dir": str(run_dir.path), "env": changed}) + "\n")

@@ -18,7 +18,7 @@ import psutil
 from bench.cell import LAUNCH_ENV
 from bench.execution.base import EXIT_GRACE_S, HEARTBEAT_S
 from bench.execution.gpus import GpuSlot
-from bench.execution.launchers import CellProcess, Launcher, kill_processes, wait_for_exit
+from bench.execution.launchers import CellProcess, Launcher, SpawnedCell, kill_processes, wait_for_exit
 from bench.results.cell_result import CellResult
 from bench.results.record import CellExit, Record, Status, build_record
 from bench.results.rundir import RunDir
@@ -114,7 +114,9 @@ def supervise_cell(job: CellJob) -> Record:
     token = f"{spec.run_id}:{attempt}:{uuid.uuid4().hex[:8]}"
     started_at, started_unix, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.time(), time.perf_counter()
     trackers = make_trackers(job)
-    proc = job.launcher.launch(rd, cell_env(spec, job.slot, token, job.more_slots))
+    env = cell_env(spec, job.slot, token, job.more_slots)
+    # a distributed cell: its torchrun agent, whatever the slot's launcher (torchrun starts fresh rank processes)
+    proc = SpawnedCell(rd, env, "bench.cell.ranks") if spec.distributed else job.launcher.launch(rd, env)
     for tracker in trackers:
         tracker.start(proc.pid)
     watch = TreeWatch(proc.pid)
