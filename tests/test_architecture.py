@@ -107,8 +107,8 @@ def test_readme_schema_and_defaults_are_generated_from_the_code():
 
 
 def test_fakes_live_in_tests():
-    for path in BENCH.rglob("*.py"):
-        assert "Fake" not in path.read_text(), f"{path}: test fakes belong in tests/fakes"
+    for path in BENCH.rglob("*.py"):  # torch's FakeTensor (shapes without data) is not a test fake
+        assert "Fake" not in path.read_text().replace("FakeTensor", ""), f"{path}: test fakes belong in tests/fakes"
 
 
 # The layer table: which part of bench/ may import which (its own package always). A package's parts are the

@@ -69,22 +69,18 @@ def wrap(model: Any, ranks: Ranks, mixed_precision: str, device: str) -> Any:
         return DistributedDataParallel(model, device_ids=[ranks.local_rank] if device == "cuda" else None)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    from bench.models.blocks import transformer_blocks
+
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
-    for block in transformer_blocks(model):
+    try:
+        blocks = transformer_blocks(model)
+    except Unsupported as exc:
+        raise Unsupported(f"FSDP: {exc} to shard") from exc
+    for block in blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model
-
-
-def transformer_blocks(model: Any) -> list[Any]:
-    """The modules the model says must not be split (`_no_split_modules`: its decoder/encoder layers)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(base, "_no_split_modules", None) or ())
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
-    if not blocks:
-        raise Unsupported(f"FSDP: {type(base).__name__} names no transformer blocks (_no_split_modules) to shard")
-    return blocks
 
 
 def grad_sync(model: Any, last: bool) -> Any:

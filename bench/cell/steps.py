@@ -189,6 +189,11 @@ def phase_apply(c: Cell) -> None:
         c.model.to(c.device)  # new adapter weights; the base is there already
     elif c.device == "cpu":
         keep_quantized_weights_trainable_on_cpu(c.model)
+    causal = c.task_cls.model_kind == "causal_lm"  # counted before checkpointing and compile wrap the blocks
+    estimate = estimate_model(c.model, spec, c.precision.compute_dtype, causal)
+    c.metrics.update(estimate.as_metrics())
+    if estimate.activations_basis != "counted":
+        c.result.notes.append(f"estimate_activations_mib by {estimate.activations_basis}")
     if spec.grad_ckpt:
         enable_grad_ckpt(c.model, c.method)
     if spec.compile:
@@ -199,8 +204,6 @@ def phase_apply(c: Cell) -> None:
     c.metrics["trainable_pct"] = 100 * c.metrics["trainable_params"] / max(c.metrics["total_params"], 1)
     c.metrics["micro_batch_size"] = spec.micro_batch
     c.result.dtypes = dtype_report(c.model, c.precision)
-    causal = c.task_cls.model_kind == "causal_lm"
-    c.metrics.update(estimate_model(c.model, spec, c.precision.compute_dtype, causal).as_metrics())
     c.train_model = c.model
     if c.ranks:  # after counting: parameter counts are global, never per shard
         from bench.cell.distributed import wrap

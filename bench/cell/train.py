@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import Diverged, Unsupported
-from bench.models.precision import PrecisionPolicy
+from bench.models.precision import PrecisionPolicy, input_casting_off
 from bench.tasks.base import Step
 from bench.trackers.phases import Phase
 
@@ -58,18 +58,6 @@ def make_optimizer(params: list[Any], lr: float, device: str) -> Any:
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
 
 
-def input_casting_off(model: Any, policy: PrecisionPolicy) -> Any:
-    """peft casts every adapter input to the adapter's fp32 dtype; under autocast that is a wasted activation copy
-    per adapted layer (the matmul runs in the autocast dtype anyway). peft's own switch turns it off."""
-    import sys
-
-    if policy.mixed_precision == "no" or "peft" not in sys.modules:  # no peft layers without peft imported
-        return nullcontext()
-    from peft.helpers import disable_input_dtype_casting
-
-    return disable_input_dtype_casting(model)
-
-
 def train(
     model: Any,
     task: Any,
@@ -94,7 +82,7 @@ def train(
     model.train()
     stats = TrainStats()
     batches = task.train_batches(spec.batch_size)
-    with input_casting_off(model, policy):
+    with input_casting_off(model, policy.mixed_precision != "no"):
         for step in range(spec.steps):
             micro, counts, total = step_batches(task, next(batches), spec, method.prepends_tokens, ranks)
             if total == 0:  # a loss over no targets is 0 and trains nothing: no result to publish

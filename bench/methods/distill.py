@@ -45,7 +45,7 @@ def keep_layers(model: Any, k: int) -> list[int]:
     """Keep k evenly spaced transformer blocks (first and last included); returns the kept indices."""
     import torch
 
-    from bench.methods.selective import transformer_layers
+    from bench.models.blocks import transformer_layers
 
     name, layers = transformer_layers(model)
     n = len(layers)

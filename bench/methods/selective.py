@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from bench.errors import Unsupported
 from bench.methods.base import Method, MethodConfig, unfreeze_head
+from bench.models.blocks import transformer_layers
 
 
 class BitFit(Method):
@@ -40,20 +41,6 @@ class FreezeOptions(MethodConfig):
             raise ValueError("mode 'patterns' needs a non-empty `patterns` list of parameter-name regexes")
         if self.mode == "last_k" and self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-
-
-def transformer_layers(model: Any) -> tuple[str, Any]:
-    """The ModuleList of transformer blocks and its dotted name."""
-    import torch
-
-    best = None
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "layer", "h", "blocks"):
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
-    if best is None:
-        raise Unsupported("cannot find the transformer layer list (a ModuleList named layers, layer, h or blocks)")
-    return best
 
 
 class Freeze(Method):

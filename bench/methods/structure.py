@@ -25,14 +25,14 @@ def block_linears(model: Any) -> list[tuple[str, Any]]:
     """(name, module) of every linear layer inside the transformer blocks (not embeddings, heads or poolers)."""
     import torch
 
-    from bench.methods.selective import transformer_layers
+    from bench.models.blocks import transformer_layers
 
     prefix, _ = transformer_layers(model)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(prefix + ".")]
 
 
 def _blocks(model: Any) -> list[Any]:
-    from bench.methods.selective import transformer_layers
+    from bench.models.blocks import transformer_layers
 
     return list(transformer_layers(model)[1])
 

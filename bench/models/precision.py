@@ -8,6 +8,7 @@ frozen base (nf4 with double quantization), bf16 compute, adapter weights fp32.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -160,3 +161,19 @@ def keep_quantized_weights_trainable_on_cpu(model: Any) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+@contextmanager
+def input_casting_off(model: Any, half: bool) -> Any:
+    """peft casts every adapter input to the adapter's fp32 dtype; under half-precision autocast (`half`) that is a
+    wasted activation copy per adapted layer (the matmul runs in the autocast dtype anyway). Off for every layer that
+    has the switch (peft's own helper fails on layers without it: IA3's)."""
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")] if half else []
+    before = [m.cast_input_dtype_enabled for m in layers]
+    for m in layers:
+        m.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for m, value in zip(layers, before):
+            m.cast_input_dtype_enabled = value

@@ -36,16 +36,18 @@ def estimate_lines(specs: list[RunSpec], configs: ConfigCache) -> list[str]:
     """One line per cell: run id and its memory estimate, GiB (or why there is none)."""
 
     width = max(len(s.run_id) for s in specs)
-    lines = [f"{'cell':{width}s}  weights + grads + optimizer + activations = total (training, before CUDA context)"]
+    head = "weights + grads + optimizer + activations + loss backward = total (training, before CUDA context)"
+    lines = [f"{'cell':{width}s}  {head}"]
     for spec in specs:
         est, why = estimate_spec(spec, configs)
         if est is None:
             lines.append(f"{spec.run_id:{width}s}  no estimate: {why}")
             continue
-        parts = [est.weights_mib, est.gradients_mib, est.optimizer_mib, est.activations_mib]
+        parts = [est.weights_mib, est.gradients_mib, est.optimizer_mib, est.activations_mib, est.transient_mib]
         scale, unit = (1024, "GiB") if est.total_mib >= 1024 else (1, "MiB")  # a unit that shows the digits
         figures = " + ".join(f"{p / scale:.2f}" for p in parts)
-        lines.append(f"{spec.run_id:{width}s}  {figures} = {est.total_mib / scale:.2f} {unit}")
+        basis = "" if est.activations_basis == "counted" else f"  (activations by {est.activations_basis})"
+        lines.append(f"{spec.run_id:{width}s}  {figures} = {est.total_mib / scale:.2f} {unit}{basis}")
     return lines
 
 

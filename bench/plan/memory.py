@@ -3,17 +3,19 @@ split into weights, gradients, optimizer state and activations.
 
 Weights, gradients and optimizer state are counted exactly from the model as the method leaves it (dtypes
 included): before a run on the meta device (the model built from its config, the method applied there), in a run
-from the real model. Activations come from a formula per transformer block and the logits:
+from the real model. Activations are counted too: one forward over fake tensors with autograd's saved-tensor hooks
+(bench/plan/saved.py), plus what the loss's backward holds on top (the logits' gradient, `transient`). Where a
+model cannot run on fake tensors (quantized bitsandbytes layers, a method holding real tensors outside its
+parameters) a formula per transformer block stands in, and the estimate says so (`activations_basis`):
 
 - a block saves, per token, in the compute dtype: its input and norm outputs (4 h), q / k / v / attention output
   (2 h + 2 h_kv), the MLP's inputs and intermediates (a gated MLP 4 I, a plain one 2 I) and the residual (h); norms
   in fp32 keep an fp32 copy of their input (2 x 4 h bytes). With gradient checkpointing only the block input stays
   (h per token per block) plus one block's activations during its recomputation.
-- the logits: b x s x V in the compute dtype, their fp32 upcast in the loss, and the gradient of both.
+- the logits: b x s x V in the compute dtype and their fp32 upcast in the loss; under half-precision autocast the
+  half copy of every fp32 matmul weight (2 bytes per such weight).
 
-Under half-precision autocast, the half copy autocast makes of every fp32 matmul weight is saved for backward too
-(2 bytes per such weight). AdamW keeps two fp32 moments per trainable parameter; gradients are fp32 for the (fp32)
-trainable weights.
+AdamW keeps two fp32 moments per trainable parameter; gradients are fp32 for the (fp32) trainable weights.
 """
 
 from __future__ import annotations
@@ -39,14 +41,16 @@ class MemoryEstimate:
     weights_mib: float
     gradients_mib: float
     optimizer_mib: float
-    activations_mib: float
+    activations_mib: float  # saved for backward
+    transient_mib: float = 0.0  # held by the loss's backward on top: the logits' gradient
+    activations_basis: str = "counted"  # or "formula: why the count could not run"
 
     @property
     def total_mib(self) -> float:
-        return self.weights_mib + self.gradients_mib + self.optimizer_mib + self.activations_mib
+        return self.weights_mib + self.gradients_mib + self.optimizer_mib + self.activations_mib + self.transient_mib
 
     def as_metrics(self) -> dict[str, float]:
-        out = {f"estimate_{k}": v for k, v in asdict(self).items()}
+        out = {f"estimate_{k}": v for k, v in asdict(self).items() if k != "activations_basis"}
         out["estimate_total_mib"] = self.total_mib
         return out
 
@@ -81,22 +85,46 @@ def activation_bytes(
     block = tokens * (compute_bytes * (7 * h + 2 * kv + (4 if gated else 2) * inter) + 2 * 4 * h)
     layers = config.num_hidden_layers
     saved = tokens * h * compute_bytes * layers + block if grad_ckpt else block * layers
-    logits = tokens * config.vocab_size * (compute_bytes + 4) * 2 if causal else 0  # one label per sequence otherwise
+    logits = tokens * config.vocab_size * (compute_bytes + 4) if causal else 0  # one label per sequence otherwise
     return saved + logits
+
+
+def transient_bytes(logits: int, compute_bytes: int) -> float:
+    """The loss's backward: the logits' gradient in fp32 (from the fp32 loss) and in the compute dtype."""
+    return logits * (4 + compute_bytes)
 
 
 def estimate_model(model: Any, spec: RunSpec, compute_dtype: str, causal: bool) -> MemoryEstimate:
     """The estimate for a model the method has been applied to (real or on the meta device); for a distributed
     cell, per rank: its share of each micro-batch, and under FSDP its shard of weights, gradients and optimizer."""
     weights, grads, optim = parameter_bytes(model)
+    shards = spec.world_size if spec.distributed and spec.distributed["strategy"] == "fsdp" else 1
+    acts, transient, basis = activations(model, spec, compute_dtype, causal)
+    return MemoryEstimate(
+        weights / MIB / shards, grads / MIB / shards, optim / MIB / shards, acts / MIB, transient / MIB, basis
+    )
+
+
+def activations(model: Any, spec: RunSpec, compute_dtype: str, causal: bool) -> tuple[float, float, str]:
+    """(saved for backward, the loss backward's transient, basis) of one micro-batch: counted over fake tensors,
+    or by the formula where the count cannot run (module docstring)."""
+    import torch
+
+    from bench.plan.saved import count_saved
+
     config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
     compute = 4 if compute_dtype == "float32" else 2
     micro = spec.micro_batch // spec.world_size
-    acts = activation_bytes(config, micro, spec.seq_len, compute, spec.grad_ckpt, causal)
-    if compute == 2:
-        acts += autocast_weight_copies(model)
-    shards = spec.world_size if spec.distributed and spec.distributed["strategy"] == "fsdp" else 1
-    return MemoryEstimate(weights / MIB / shards, grads / MIB / shards, optim / MIB / shards, acts / MIB)
+    half = None if compute == 4 else getattr(torch, compute_dtype)
+    try:
+        count = count_saved(model, micro, spec.seq_len, half, causal)
+    except Exception as exc:
+        why = f"formula: the fake-tensor count failed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        acts = activation_bytes(config, micro, spec.seq_len, compute, spec.grad_ckpt, causal)
+        acts += autocast_weight_copies(model) if compute == 2 else 0
+        logits = micro * spec.seq_len * config.vocab_size if causal else 0
+        return acts, transient_bytes(logits, compute), why
+    return float(count.saved(spec.grad_ckpt)), transient_bytes(count.logits if causal else 0, compute), "counted"
 
 
 def autocast_weight_copies(model: Any) -> float:

@@ -164,8 +164,11 @@ CORE: tuple[MetricSpec, ...] = (
        label="est. gradients MiB", group="estimate"),
     _m("estimate_optimizer_mib", "estimated AdamW state (two fp32 moments per trainable parameter)", "MiB",
        label="est. optimizer MiB", group="estimate"),
-    _m("estimate_activations_mib", "estimated activations saved for backward, logits included", "MiB",
+    _m("estimate_activations_mib", "activations saved for backward, counted over fake tensors in one forward "
+       "(bench/plan/saved.py; by formula where that cannot run, said in notes)", "MiB",
        label="est. activations MiB", group="estimate"),
+    _m("estimate_transient_mib", "what the loss's backward holds on top: the logits' gradient (fp32 and the "
+       "compute dtype)", "MiB", label="est. transient MiB", group="estimate"),
     _m("estimate_total_mib", "the sum: the estimated peak torch allocation of training", "MiB",
        label="est. total MiB", group="estimate"),
     # energy
