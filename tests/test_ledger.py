@@ -126,3 +126,12 @@ def test_a_model_that_cannot_run_on_fake_tensors_gets_the_formula_and_says_why()
     est = estimate(model, "lora", "fp32", policy)
     hook.remove()
     assert est.activations_basis.startswith("formula: the fake-tensor count failed") and est.activations_mib > 0
+
+
+def test_ia3_trains_under_bf16_autocast(tmp_path):
+    """peft's own input-casting helper fails on IA3 layers (no cast_input_dtype_enabled); the cell's does not."""
+    from conftest import run_cell_inproc
+
+    res = run_cell_inproc(tmp_path, task="random-lm", method="ia3", precision="bf16", steps=2, save_checkpoint=False)
+    assert res["status"] == "success", res.get("error")
+    assert not any("estimate_activations_mib by formula" in n for n in res["notes"])
