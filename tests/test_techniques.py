@@ -153,3 +153,36 @@ def test_adalora_regulariser_counts_once_per_step_whatever_the_split(tmp_path):
 
     a = build("tiny-bert", "adalora")
     assert float(orthogonality_penalty(a.model)) > 0
+
+
+def test_the_teacher_clock_reads_cuda_events_once_and_never_syncs_inside_a_step(monkeypatch):
+    import torch
+
+    from bench.methods.distill import SpanClock
+
+    calls = []
+
+    class Event:  # torch.cuda.Event's timing surface, on a machine without CUDA
+        def __init__(self, enable_timing):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            calls.append("record")
+            self.at = len(calls)
+
+        def synchronize(self):
+            calls.append("event sync")
+
+        def elapsed_time(self, end):
+            return 1000.0 * (end.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("device sync"))
+    clock = SpanClock()
+    for _ in range(3):
+        with clock.span(cuda=True):
+            calls.append("teacher forward")
+    assert "device sync" not in calls and "event sync" not in calls  # nothing waits inside the steps
+    assert clock.total_s() == 3 * 2.0 and calls.count("event sync") == 1  # read once, at the end
+    assert clock.total_s() == 6.0 and "device sync" not in calls
