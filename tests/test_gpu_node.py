@@ -154,6 +154,20 @@ def test_selfcheck_compares_harness_with_an_independent_loop_on_cpu(tmp_path):
     assert "memory_diff_pct" not in row  # no NVML here: no memory comparison, not a fake one
 
 
+def test_the_bare_loop_trains_every_selfcheck_method_under_bf16():
+    """The GPU self-check runs LoRA, IA3 and full fine-tuning in bf16: peft's input-casting helper failed on IA3."""
+    import importlib.util
+
+    from bench.selfcheck import BARELOOP, METHODS, bare_job, cell_spec
+
+    spec = importlib.util.spec_from_file_location("bareloop", BARELOOP)
+    bare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bare)
+    for method in METHODS:
+        out = bare.run(bare_job(cell_spec("tiny-llama", method, "bf16", 2, 2, 8, "cpu")))
+        assert len(out["step_times_s"]) == 1 and out["final_loss"] > 0, method
+
+
 def test_selfcheck_reference_shares_no_code_with_the_harness():
     import ast
     from pathlib import Path

@@ -52,11 +52,11 @@ def run(job: dict) -> dict:
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["precision"])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model.train()
-    if half is not None and job["method"] != "full":  # peft's own switch, as the harness uses it under autocast
-        from peft.helpers import disable_input_dtype_casting
-
-        with disable_input_dtype_casting(model):
-            return _loop(job, model, batches, opt, half, sync)
+    if half is not None:  # peft's adapter-input casts off under autocast, as the harness does (only where a layer
+        # has the switch: peft's own helper fails on IA3's layers)
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
     return _loop(job, model, batches, opt, half, sync)
 
 
