@@ -137,12 +137,29 @@ def test_the_estimate_is_per_rank_and_fsdp_divides_what_it_shards():
     assert fsdp.activations_mib == ddp.activations_mib
 
 
-def test_a_gpu_cell_wider_than_the_node_is_unsupported_and_names_the_gpus(tmp_path):
+@pytest.mark.slow
+def test_a_two_gpu_cell_samples_both_gpus_and_a_wider_one_is_unsupported(tmp_path):
     import fake_nvml
 
-    fake = {"devices": [{"name": "FakeGPU0", "used_mib": 0, "processes": []}]}
-    path = make_suite(tmp_path, {"method": [{"name": "lora", "distributed": DDP2}]}, steps=2)
+    fake = {
+        "devices": [
+            {"name": "FakeGPU0", "used_mib": 100, "processes": [], "tree_mib": 300},
+            {"name": "FakeGPU1", "used_mib": 100, "processes": [], "tree_mib": 500},
+        ],
+        "watts": 100,
+    }
+    methods = [{"name": "lora", "distributed": DDP2}, {"name": "lora", "distributed": {**DDP2, "nproc": 3}}]
+    path = make_suite(tmp_path, {"method": methods}, steps=3, warmup_steps=1, eval_before=False, batch_size=6)
     res = cli("run", str(path), "--out", str(tmp_path / "out"), "--no-fit-check", env=fake_nvml.env(fake))
-    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
-    assert rec["status"] == "unsupported", rec
-    assert "2 ranks need 2 GPUs; this run has 1 (0;" in rec["error"]["message"], res.stdout + res.stderr
+    recs = {r["run_id"].rsplit("--", 1)[-1]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
+    wide = recs["ddp3"]
+    assert wide["status"] == "unsupported", wide
+    assert "3 ranks need 3 GPUs; this run has 2 (0, 1;" in wide["error"]["message"], res.stdout + res.stderr
+    rec = recs["ddp2"]
+    assert rec["status"] == "success", (rec.get("error"), res.stderr)
+    m, ranks = rec["metrics"], rec["ranks"]
+    assert rec["env"]["nvml_gpu_indices"] == [0, 1] and m["nvml_gpus"] == 2
+    assert [r["train_peak_nvml_process_mib"] for r in ranks] == [300, 500]  # rank i: the i-th GPU
+    assert m["train_peak_nvml_process_mib"] == 500  # the headline: the largest GPU
+    assert m["train_peak_nvml_mib"] == 600
+    assert m["train_energy_j"] == pytest.approx(sum(r["train_energy_j"] for r in ranks))  # the GPUs' energy summed

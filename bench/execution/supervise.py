@@ -208,7 +208,14 @@ def make_trackers(job: CellJob) -> list[Tracker]:
     """What the supervisor measures from outside the cell: its GPU through NVML (nulls with the reason without
     one) and its process tree's resident memory."""
     index = job.slot.index if job.slot else 0
-    nvml_tracker = nvml.NvmlTracker(job.backend, index, job.nvml_interval_s, job.nvml_reason)
+    nvml_tracker: Tracker = nvml.NvmlTracker(job.backend, index, job.nvml_interval_s, job.nvml_reason)
+    if job.slot is not None and job.more_slots:  # a distributed GPU cell: every GPU it holds, rank i on the i-th
+        from bench.trackers.multi_gpu import MultiGpuTracker
+
+        slots = (job.slot, *job.more_slots)
+        nvml_tracker = MultiGpuTracker(
+            [nvml.NvmlTracker(job.backend, s.index, job.nvml_interval_s, job.nvml_reason) for s in slots]
+        )
     return [nvml_tracker, RssTracker(), CpuLoadTracker()]
 
 
@@ -232,7 +239,10 @@ def parent_view(job: CellJob, trackers: list[Tracker], child: CellResult | None,
     if job.slot is not None:
         env.update(nvml_gpu_name=job.slot.name, nvml_gpu_uuid=job.slot.uuid)
     phase_figs = {k: {**v, **measured.per_phase.get(k, {})} for k, v in phases.items()}
+    if measured.per_gpu is not None:
+        env["nvml_gpu_indices"] = [s.index for s in (job.slot, *job.more_slots) if s is not None]
     return {
+        "per_gpu": measured.per_gpu,
         "metrics": measured.metrics,
         "missing_reason": measured.missing,
         "phases": phase_figs,

@@ -157,6 +157,9 @@ CORE: tuple[MetricSpec, ...] = (
     _m("nvml_samples", "NVML samples taken during the cell", label="NVML samples", fmt="int", group="memory"),
     _m("nvml_errors", "NVML samples that failed (driver errors); the others still count", label="NVML errors",
        fmt="int", group="memory"),
+    _m("nvml_gpus", "GPUs NVML sampled for a distributed cell (rank i on the i-th; its memory figures are the "
+       "largest GPU's, its energy the GPUs' sum, each GPU's figures in its rank's row of `ranks`)", label="GPUs",
+       fmt="int", group="memory"),
     # memory estimate (bench/plan/memory.py): what torch will allocate, before the CUDA context
     _m("estimate_weights_mib", "estimated bytes of the weights as the method leaves them (quantized, half or fp32)",
        "MiB", label="est. weights MiB", group="estimate"),

@@ -76,7 +76,8 @@ class Record:
         "time of each timed (post-warm-up) optimizer step (distributed cells: the slowest rank's)"
     )
     ranks: list[dict[str, Any]] | None = _f(
-        "distributed cells: per rank, its peaks (`peak_rss_mib`, torch's), mean step time, tokens (null: one process)"
+        "distributed cells: per rank, its peaks (`peak_rss_mib`, torch's; on GPUs its GPU's NVML training peaks and "
+        "energy), mean step time, tokens (null: one process)"
     )
     checkpoint: dict[str, Any] | None = _f(
         "what was saved: `{saved, dtype?, files, weight_bytes, total_bytes}` or `{error}`"
@@ -153,6 +154,7 @@ def build_record(
     run_dir, started_at, duration_s)."""
     status, error = classify(child, exit)
     child, parent = child or CellResult(), dict(parent or {})
+    ranks = with_gpu_figures(child.ranks, parent.pop("per_gpu", None))
     metrics = {**child.metrics, **parent.pop("metrics", {})}
     missing = {**child.missing_reason, **parent.pop("missing_reason", {})}
     for key, value in list(metrics.items()):
@@ -180,7 +182,7 @@ def build_record(
         loss_curve=json_safe(child.loss_curve),
         score_curve=json_safe(child.score_curve),
         step_times_s=child.step_times_s,
-        ranks=child.ranks,
+        ranks=ranks,
         checkpoint=child.checkpoint,
         heavy_modules_loaded=child.heavy_modules_loaded,
         child_pid=child.child_pid,
@@ -192,6 +194,14 @@ def build_record(
             raise TypeError(f"build_record: unknown parent field {key!r}")
         setattr(rec, key, value)
     return rec
+
+
+def with_gpu_figures(ranks: list[dict[str, Any]] | None, per_gpu: list[dict[str, Any]] | None) -> Any:
+    """A multi-GPU cell's rows: rank i's gets the NVML figures of the i-th GPU the cell held."""
+    if not ranks or not per_gpu:
+        return ranks
+    by_rank = {row.get("rank", i): row for i, row in enumerate(ranks)}
+    return [{**by_rank.get(i, {"rank": i}), **figures} for i, figures in enumerate(per_gpu)]
 
 
 def schema_markdown(plugin_specs: tuple[MetricSpec, ...] = ()) -> str:

@@ -24,8 +24,10 @@ class Measured:
     missing: dict[str, str] = field(default_factory=dict)  # metric -> why it is null
     per_phase: dict[str, dict[str, Any]] = field(default_factory=dict)  # phase -> figures
     notes: list[str] = field(default_factory=list)
+    per_gpu: list[dict[str, Any]] | None = None  # a multi-GPU cell: each GPU's own figures (rank i on GPU i)
 
     def merge(self, other: Measured) -> Measured:
+        self.per_gpu = other.per_gpu if other.per_gpu is not None else self.per_gpu
         self.metrics.update(other.metrics)
         self.missing.update(other.missing)
         for phase, figures in other.per_phase.items():

@@ -3,7 +3,8 @@
 Config (JSON) from PEFT_BENCH_FAKE_NVML, or re-read from the file PEFT_BENCH_FAKE_NVML_FILE on every call (tests
 change it while a suite runs):
   {"devices": [{"name", "uuid", "used_mib", "processes": [{"pid", "used_mib"}]}],
-   "tree_mib": N,        reported for every running cell process and added to used_mib
+   "tree_mib": N,        reported for every running cell process and added to used_mib (a device's own
+                         "tree_mib" overrides it for that device)
    "tree_report": "none" (cell processes listed with usedGpuMemory None) | "hidden" (not listed: another PID
                   namespace); device memory still rises by tree_mib
    "fail_from_call": K,  every used_mib call from the K-th on raises (a GPU fallen off the bus)
@@ -66,6 +67,21 @@ class FakeNvml:
                 continue
         return out
 
+    def _on_device(self, index: int) -> list[int]:
+        """Cell processes with a context on this GPU: a torchrun rank (LOCAL_RANK k) on the k-th only, its agent on
+        none; a one-process cell on every device it can see."""
+        cells, ranks = self._cells(), {}
+        for pid in cells:
+            try:
+                local = psutil.Process(pid).environ().get("LOCAL_RANK")
+            except psutil.Error:
+                continue
+            if local is not None:
+                ranks[pid] = int(local)
+        if not ranks:
+            return cells
+        return [pid for pid, local in ranks.items() if local == index]
+
     def used_mib(self, index: int) -> float:
         self.calls += 1
         cfg = self.config
@@ -73,8 +89,12 @@ class FakeNvml:
             raise FakeNvmlError("GPU is lost")
         if cfg.get("fail_every") and self.calls % cfg["fail_every"] == 0:
             raise FakeNvmlError("Unknown Error")
-        tree = cfg.get("tree_mib", 0) if cfg.get("tree_mib") and self._cells() else 0
+        mib = self._tree_mib(index)
+        tree = mib if mib and self._cells() else 0
         return float(self._dev(index).get("used_mib", 0)) + tree
+
+    def _tree_mib(self, index: int) -> float:
+        return self._dev(index).get("tree_mib", self.config.get("tree_mib", 0))
 
     def total_mib(self, index: int) -> float:
         return float(self._dev(index).get("total_mib", 81920))
@@ -82,9 +102,9 @@ class FakeNvml:
     def processes(self, index: int) -> dict[int, float | None]:
         cfg = self.config
         procs = {int(p["pid"]): float(p["used_mib"]) for p in self._dev(index).get("processes", [])}
-        if cfg.get("tree_mib") and cfg.get("tree_report") != "hidden":
-            for pid in self._cells():
-                procs[pid] = None if cfg.get("tree_report") == "none" else float(cfg["tree_mib"])
+        if self._tree_mib(index) and cfg.get("tree_report") != "hidden":
+            for pid in self._on_device(index):
+                procs[pid] = None if cfg.get("tree_report") == "none" else float(self._tree_mib(index))
         return procs
 
     def energy_mj(self, index: int) -> float | None:
