@@ -29,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from bench.plan.dryrun import print_dry_run
 
-        print_dry_run(suite, specs)
+        print_dry_run(suite, specs, with_estimates=not args.no_forecast)
         return 0
     out = Path(args.out or Path("out") / slug(suite.name))
     probe_writable(out)  # an out dir that cannot be written: one line, exit 2, before any cell
@@ -237,7 +237,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--no-estimate",
         dest="no_forecast",
         action="store_true",
-        help="skip the wall-time forecast printed before running (--no-estimate: its old name)",
+        help="skip the wall-time forecast printed before running (--no-estimate: its old name); with --dry-run, "
+        "list the cells without their memory estimates",
     )
     r.add_argument(
         "--no-fit-check",
