@@ -52,6 +52,10 @@ def test_ddp_lora_and_fsdp_full_follow_the_one_process_loss_curve(tmp_path):
         assert m2["rank_peak_rss_mib"] == max(r["peak_rss_mib"] for r in two["ranks"])
         assert m2["checkpoint_bytes"] == pytest.approx(m1["checkpoint_bytes"], rel=0.01)  # written once
         assert m2["hardware_flops_per_token"] == pytest.approx(m1["hardware_flops_per_token"], rel=1e-6)
+        if strategy == "ddp":  # the all-reduces timed through DDP's communication hook, every rank
+            assert all(r["allreduce_s"] > 0 for r in two["ranks"]) and 0 < m2["allreduce_share"] < 1
+        else:
+            assert m2["allreduce_share"] is None and "communication hook" in two["missing_reason"]["allreduce_share"]
     ranks_dirs = list((tmp_path / "out" / "runs").glob("*fsdp2/ranks/1/result.json"))
     assert len(ranks_dirs) == 1  # rank 1 kept its own result beside rank 0's
 

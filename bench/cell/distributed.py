@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,39 @@ from bench.suite.defaults import DistributedOptions
 STAT_KEYS = ("timed_tokens", "timed_padded_tokens", "timed_samples", "all_tokens")  # summed over ranks
 
 
+class CommClock:
+    """DDP's gradient all-reduces as its communication hook sees them: from each bucket's launch to its completion,
+    summed over the timed steps. They overlap the backward's compute, so this is the time communication was in
+    flight, not a part of the step to subtract."""
+
+    def __init__(self) -> None:
+        self.hooked = False
+        self.seconds = 0.0
+        self.before_timed = 0.0
+
+    def timed_start(self) -> None:
+        self.before_timed = self.seconds
+
+    @property
+    def timed_s(self) -> float | None:
+        return self.seconds - self.before_timed if self.hooked else None
+
+    def hook(self) -> Any:
+        """The default all-reduce, timed (unannotated: DDP checks any annotation against dist.GradBucket)."""
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def timed_allreduce(state, bucket):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+
+            def done(fut):  # type: ignore[no-untyped-def]
+                self.seconds += time.perf_counter() - t0
+                return fut.value()
+
+            return allreduce_hook(state, bucket).then(done)
+
+        return timed_allreduce
+
+
 @dataclass(frozen=True)
 class Ranks:
     rank: int
@@ -28,6 +62,7 @@ class Ranks:
     local_rank: int
     strategy: str
     backend: str
+    comm: CommClock = field(default_factory=CommClock, compare=False)
 
     @property
     def leader(self) -> bool:
@@ -66,7 +101,10 @@ def wrap(model: Any, ranks: Ranks, mixed_precision: str, device: str) -> Any:
     if ranks.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[ranks.local_rank] if device == "cuda" else None)
+        ddp = DistributedDataParallel(model, device_ids=[ranks.local_rank] if device == "cuda" else None)
+        ddp.register_comm_hook(None, ranks.comm.hook())
+        ranks.comm.hooked = True
+        return ddp
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from bench.models.blocks import transformer_blocks
@@ -111,6 +149,7 @@ def gather_ranks(ranks: Ranks, stats: Any, memory: dict[str, Any]) -> list[dict[
         "step_times_s": stats.step_times_s,
         **{k: getattr(stats, k) for k in STAT_KEYS},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "allreduce_s": ranks.comm.timed_s,
         **{k: memory.get(k) for k in ("torch_peak_allocated_mib", "torch_peak_reserved_mib")},
     }
     every: list[Any] = [None] * ranks.world
@@ -141,6 +180,22 @@ def gather_into(c: Any, stats: Any) -> None:
     if torch_peak is None:
         c.missing["rank_peak_torch_allocated_mib"] = c.missing.get("torch_peak_allocated_mib", "not measured")
     c.metrics["rank_peak_torch_allocated_mib"] = torch_peak
+    shares = [r["allreduce_s"] / (r["step_time_mean_s"] * n) for r in rows if _timed(r) and (n := _steps(stats))]
+    c.metrics["allreduce_share"] = max(shares) if shares else None
+    if not shares:
+        c.missing["allreduce_share"] = (
+            "FSDP2 has no communication hook to time its all-gathers and reduce-scatters"
+            if c.ranks.strategy == "fsdp"
+            else "no timed steps"
+        )
+
+
+def _timed(row: dict[str, Any]) -> bool:
+    return row.get("allreduce_s") is not None and bool(row.get("step_time_mean_s"))
+
+
+def _steps(stats: Any) -> int:
+    return len(stats.step_times_s)
 
 
 def save_cell(c: Any, out_dir: Path) -> dict[str, Any]:

@@ -92,6 +92,8 @@ def train(
             timed = step >= spec.warmup_steps
             if timed and step == spec.warmup_steps:
                 marks.start(Phase.TRAIN_TIMED)
+                if ranks is not None:
+                    ranks.comm.timed_start()
             counter = flop_counter() if step == 0 and not timed and not spec.compile else None
             sync(device)
             t0 = time.perf_counter()

@@ -152,6 +152,9 @@ CORE: tuple[MetricSpec, ...] = (
        group="distributed"),
     _m("rank_peak_rss_mib", "distributed cells: the largest rank's own resident peak (ru_maxrss) after training",
        "MiB", direction=LOWER, label="largest rank RSS MiB", group="distributed"),
+    _m("allreduce_share", "DDP cells: time the gradient all-reduces were in flight (launch to completion, DDP's "
+       "communication hook) / the timed steps' time, the largest rank's; overlapped with backward, not additive",
+       label="all-reduce share", group="distributed"),
     _m("rank_peak_torch_allocated_mib", "distributed cells: the largest rank's torch peak allocated in training",
        "MiB", direction=LOWER, label="largest rank torch MiB", group="distributed"),
     _m("nvml_samples", "NVML samples taken during the cell", label="NVML samples", fmt="int", group="memory"),
