@@ -26,6 +26,19 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return len(os.sched_getaffinity(0)) + 1
 
 
+# The files that take longest (mostly waiting: Slurm's time-limit check, timeouts, killed processes) start first, so
+# that no worker is left with one of them at the end while the others idle (xdist hands out files in this order).
+LONG_FIRST = ("test_slurm", "test_reliability", "test_distributed", "test_record_trust", "test_launchers", "test_fit")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        stem = Path(str(item.fspath)).stem
+        return LONG_FIRST.index(stem) if stem in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file and among the others is kept
+
+
 BASE_DEFAULTS = {
     "steps": 4,
     "warmup_steps": 1,
