@@ -44,6 +44,11 @@ def _run(args: argparse.Namespace) -> int:
         partition=args.partition, account=args.account, time_min=args.time_min, gpus_per_job=args.gpus_per_job
     )
     executor = args.executor or suite.executor or "local"
+    multi = [s.run_id for s in specs if s.distributed and s.distributed["nnodes"] > 1]
+    if multi and executor != "slurm":
+        more = f" (and {len(multi) - 1} more)" if len(multi) > 1 else ""
+        raise SuiteError([f"{multi[0]}{more}: distributed.nnodes > 1 runs on Slurm only (executor: {{kind: slurm}} "
+                          f"or --executor slurm); the {executor} executor is one node"])  # fmt: skip
     opts = runner.RunOptions(out, args.force, args.only, executor, local, slurm)
     say(f"suite {suite.name!r}: {len(specs)} cells -> {out}")
     if not args.no_forecast:

@@ -167,3 +167,42 @@ def test_a_two_gpu_cell_samples_both_gpus_and_a_wider_one_is_unsupported(tmp_pat
     assert m["train_peak_nvml_process_mib"] == 500  # the headline: the largest GPU
     assert m["train_peak_nvml_mib"] == 600
     assert m["train_energy_j"] == pytest.approx(sum(r["train_energy_j"] for r in ranks))  # the GPUs' energy summed
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_at_the_first_nodes_rendezvous_and_train_what_one_process_trains(tmp_path):
+    """What a Slurm job over two nodes starts (an agent per node, told its node and the rendezvous on the first),
+    here as two agents on this host: a real c10d rendezvous of two one-rank nodes; off Slurm such a cell is refused."""
+    import socket
+
+    from bench.cell import run_cell
+    from bench.results.rundir import RunDir
+
+    data = suite_data(nproc=1, strategy="ddp", nnodes=2)
+    data["matrix"]["distributed"] = [None, {"nproc": 1, "strategy": "ddp", "nnodes": 2}]
+    data["defaults"].update(steps=4, warmup_steps=1, seq_len=24, eval_before=False, save_checkpoint=False)
+    one, two = expand(parse_suite(data, "s.yaml", []))
+    assert two.run_id.endswith("--ddp1x2") and two.world_size == 2
+    dirs = {}
+    for spec in (one, two):
+        dirs[spec.run_id] = tmp_path / spec.run_id
+        dirs[spec.run_id].mkdir()
+        (dirs[spec.run_id] / "spec.json").write_text(spec.to_json())
+    reference = run_cell(dirs[one.run_id])  # in this process
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    agents = []
+    for node in (0, 1):
+        env = {**os.environ, "PEFT_BENCH_NODE_RANK": str(node), "PEFT_BENCH_RDZV_ENDPOINT": f"127.0.0.1:{port}"}
+        agents.append(subprocess.Popen([sys.executable, "-m", "bench.cell.ranks", str(dirs[two.run_id])], env=env))
+    assert [a.wait(timeout=240) for a in agents] == [0, 0]
+    rec = RunDir(dirs[two.run_id]).read_result()
+    assert rec.status == "success", rec.error
+    assert rec.env["distributed"] == {"world_size": 2, "strategy": "ddp", "backend": "gloo", "nnodes": 2}
+    assert rec.loss_curve == pytest.approx(reference.loss_curve, rel=1e-3)
+    assert [r["rank"] for r in rec.ranks] == [0, 1]
+    path = tmp_path / "local.yaml"
+    path.write_text(__import__("yaml").safe_dump({"name": "nodes", **data}))
+    res = cli("run", str(path), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "nnodes > 1 runs on Slurm only" in res.stderr, res.stderr

@@ -61,43 +61,38 @@ def wait_for(path, timeout=180):
     raise TimeoutError(path)
 
 
-def test_four_cells_run_as_jobs_and_a_job_slurm_kills_at_its_limit_is_a_timeout(tmp_path, slurm, fault_env):
-    four = ["full", "bitfit", {"name": "lora", "r": 2}, {"name": "ia3"}]
+def test_cells_run_as_jobs_a_two_rank_one_with_a_cpu_per_rank_and_one_slurm_kills_at_its_limit(
+    tmp_path, slurm, fault_env
+):
+    ddp = {"name": "lora", "r": 2, "distributed": {"nproc": 2, "strategy": "ddp"}}
+    five = ["full", "bitfit", {"name": "lora", "r": 2}, {"name": "ia3"}, ddp]
     hang = {"name": "fault-sleep", "label": "hang"}
     # the hang goes first so that its minute (Slurm's smallest limit, long before timeout_s 600) overlaps the others
-    path = suite(tmp_path, [hang, *four], time_min=1)
+    path = suite(tmp_path, [hang, *five], time_min=1)
     env = {**fault_env, **slurm}
     res = cli("run", str(path), "--out", str(tmp_path / "out"), env=env, timeout=400)
     assert res.returncode == 1, res.stderr + res.stdout  # the timeout: exit 1
     recs = {r["run_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
     statuses = sorted(r["status"] for r in recs.values())
-    assert statuses == ["success"] * 4 + ["timeout"], [(k, r["status"], r.get("error")) for k, r in recs.items()]
+    assert statuses == ["success"] * 5 + ["timeout"], [(k, r["status"], r.get("error")) for k, r in recs.items()]
     job_ids = {r["env"]["slurm_job_id"] for r in recs.values()}
-    assert len(job_ids) == 5 and all(job_ids)
+    assert len(job_ids) == 6 and all(job_ids)
     hung = next(r for r in recs.values() if r["status"] == "timeout")
     assert "time limit" in hung["error"]["message"]
     assert "sacct" not in res.stderr  # no accounting database: quiet
-    ok = [k for k, r in recs.items() if r["status"] == "success"]
-    again = cli("run", str(path), "--out", str(tmp_path / "out"), *[a for k in ok for a in ("--only", k)], env=env)
-    assert again.returncode == 0 and "resume: 4 of 4" in again.stdout
-    assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 5  # the second run added nothing
-
-
-def test_a_two_rank_cell_is_one_job_with_a_cpu_per_rank(tmp_path, slurm):
-    ddp = {"name": "lora", "r": 2, "distributed": {"nproc": 2, "strategy": "ddp"}}
-    path = suite(tmp_path, [ddp], name="ranks")
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=slurm, timeout=400)
-    assert res.returncode == 0, res.stderr + res.stdout
-    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
-    assert rec["status"] == "success" and rec["run_id"].endswith("--ddp2"), rec.get("error")
-    assert rec["env"]["slurm_job_id"] and rec["metrics"]["world_size"] == 2 and len(rec["ranks"]) == 2
+    (ranks,) = [r for k, r in recs.items() if k.endswith("--ddp2")]
+    assert ranks["metrics"]["world_size"] == 2 and len(ranks["ranks"]) == 2
     job = subprocess.run(
-        ["scontrol", "show", "job", rec["env"]["slurm_job_id"]],
+        ["scontrol", "show", "job", ranks["env"]["slurm_job_id"]],
         capture_output=True,
         text=True,
         env={**os.environ, **slurm},
     )
     assert job.returncode != 0 or "NumCPUs=2" in job.stdout or "MinCPUsNode=2" in job.stdout, job.stdout
+    ok = [k for k, r in recs.items() if r["status"] == "success"]
+    again = cli("run", str(path), "--out", str(tmp_path / "out"), *[a for k in ok for a in ("--only", k)], env=env)
+    assert again.returncode == 0 and "resume: 5 of 5" in again.stdout
+    assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 6  # the second run added nothing
 
 
 def slow_job(tmp_path, name, env):
@@ -162,3 +157,17 @@ def test_cpu_cells_ask_for_no_gpu_and_each_job_gets_its_own_limit():
     ex = SlurmExecutor("slurm", SlurmSettings(partition="debug"), 0.01)
     assert ex.gpus_for(spec) == 0 and ex.gpus_for(RunSpec(**{**spec.to_dict(), "device": "cuda"})) == 1
     assert ex.time_min(spec) == 10 + 1 + 5 and ex.time_min(RunSpec(**{**spec.to_dict(), "timeout_s": 60})) == 7
+
+
+def test_a_cell_over_two_nodes_is_one_job_with_a_task_and_its_gpus_on_each_node(tmp_path):
+    from bench.execution.slurm import SlurmExecutor
+    from bench.suite.executor import SlurmSettings
+    from bench.suite.spec import RunSpec
+
+    distributed = {"nproc": 4, "strategy": "fsdp", "nnodes": 2, "timeout_s": 300}
+    spec = RunSpec(suite="s", model="tiny-llama", task="reverse", method="full", precision="bf16", grad_accum=1,
+                   batch_size=8, device="cuda", distributed=distributed)  # fmt: skip
+    ex = SlurmExecutor("slurm", SlurmSettings(partition="debug"), 0.01)
+    params = ex._executor(tmp_path, spec)._executor.parameters
+    assert (params["nodes"], params["ntasks_per_node"], params["gpus_per_node"]) == (2, 1, 4), params
+    assert spec.world_size == 8 and spec.run_id.endswith("--fsdp4x2")

@@ -69,7 +69,8 @@ class Ranks:
         return self.rank == 0
 
     def describe(self) -> dict[str, Any]:
-        return {"world_size": self.world, "strategy": self.strategy, "backend": self.backend, "nnodes": 1}
+        nnodes = self.world // int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        return {"world_size": self.world, "strategy": self.strategy, "backend": self.backend, "nnodes": nnodes}
 
 
 def rank_of_env() -> int | None:

@@ -42,6 +42,8 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     from bench.trackers import nvml
 
     spec = RunSpec.from_json(spec_json)
+    if spec.distributed and spec.distributed.get("nnodes", 1) > 1 and not _first_node(spec, run_dir):
+        return ""  # a node other than the first: its agent ran its ranks; the first node's task has the record
     backend, reason = nvml.open_backend()
     slot = resolve_slots(backend, None, inherited_visible_devices())[0]  # Slurm's allocation, in its order
     env = base_env()
@@ -66,6 +68,30 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     if ended_by_slurm:
         os._exit(143)  # no result: Slurm's state (CANCELLED, TIMEOUT) is the verdict
     return json.dumps(record.to_dict(), default=str)
+
+
+def _first_node(spec: RunSpec, run_dir: str) -> bool:
+    """A cell over several nodes (one Slurm task per node): every task learns its node and the rendezvous on the
+    first node; the first supervises the cell as a one-node cell is (its agent is this node's), the others run
+    their node's agent until it ends (killed with it when Slurm ends the job). True on the first node."""
+    import signal
+    import subprocess
+
+    import submitit
+
+    from bench.cell.ranks import NODE_RANK_ENV, RDZV_ENV, RDZV_ID_ENV
+
+    job = submitit.JobEnvironment()
+    port = 29400 + int(str(job.job_id).split("_")[0]) % 1000  # one rendezvous per job, on the first node
+    os.environ.update(
+        {NODE_RANK_ENV: str(job.node), RDZV_ENV: f"{job.hostnames[0]}:{port}", RDZV_ID_ENV: str(job.job_id)}
+    )
+    if job.node == 0:
+        return True
+    agent = subprocess.Popen([sys.executable, "-m", "bench.cell.ranks", run_dir], start_new_session=True)
+    signal.signal(signal.SIGTERM, lambda *_: os.killpg(agent.pid, signal.SIGKILL))
+    agent.wait()
+    return False
 
 
 def never_ran(spec: RunSpec, ctx: RunContext, status: Status, message: str, job_id: str | None) -> Record:
@@ -97,10 +123,10 @@ class SlurmExecutor:
         self._gpu_partition: bool | None = None
 
     def gpus_for(self, spec: RunSpec) -> int:
-        """GPUs to request: a distributed GPU cell's world size; else the suite's setting, else one for cells that
-        need a GPU (auto: if the partition has)."""
+        """GPUs to request per node: a distributed GPU cell's ranks per node; else the suite's setting, else one
+        for cells that need a GPU (auto: if the partition has)."""
         if spec.distributed and spec.device != "cpu" and (spec.device == "cuda" or self._has_gpus()):
-            return spec.world_size
+            return spec.distributed["nproc"]  # per node
         if self.settings.gpus_per_job is not None:
             return self.settings.gpus_per_job
         if spec.device == "cpu":
@@ -128,7 +154,8 @@ class SlurmExecutor:
             ex.update_parameters(timeout_min=self.time_min(spec))
             return ex
         ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-        params: dict[str, Any] = {"timeout_min": self.time_min(spec), "tasks_per_node": 1, "nodes": 1}
+        nodes = spec.distributed.get("nnodes", 1) if spec.distributed else 1  # one task (an agent) per node
+        params: dict[str, Any] = {"timeout_min": self.time_min(spec), "tasks_per_node": 1, "nodes": nodes}
         params["slurm_signal_delay_s"] = 0  # no pre-timeout signal: Slurm's own limit ends the job (-> timeout)
         if gpus := self.gpus_for(spec):
             params["gpus_per_node"] = gpus
@@ -243,9 +270,10 @@ class SlurmExecutor:
 def collect(job: Any, spec: RunSpec, ctx: RunContext) -> Record:
     """The record a finished job returned, or one made from Slurm's final state of a job that returned none."""
     job_id = str(job.job_id)
-    if job.paths.result_pickle.exists():
+    first = job.task(0)  # the first node's task (a cell over several nodes has one task per node)
+    if first.paths.result_pickle.exists():
         try:
-            return Record.from_dict(json.loads(job.result()))
+            return Record.from_dict(json.loads(first.result()))
         except Exception as exc:  # the job's function raised: the pickle holds the traceback
             return never_ran(
                 spec, ctx, Status.FAILED, f"job {job_id} failed: {type(exc).__name__}: {str(exc)[-1500:]}", job_id

@@ -47,9 +47,9 @@ STRATEGIES = ("ddp", "fsdp")  # `distributed.strategy`
 class DistributedOptions:
     """`distributed: {nproc, strategy, nnodes}`: the cell's ranks, started by torchrun (gloo on CPU, NCCL on CUDA)."""
 
-    nproc: int = 1  # ranks on the node (GPU cells: one GPU each)
+    nproc: int = 1  # ranks per node (GPU cells: one GPU each)
     strategy: str = "ddp"  # ddp: replicated model, gradient all-reduce | fsdp: FSDP2 fully_shard per block
-    nnodes: int = 1
+    nnodes: int = 1  # > 1: Slurm only (one task per node, torchrun's c10d rendezvous on the first node)
     timeout_s: float = 300.0  # collective timeout: a dead rank ends the cell instead of hanging it
 
     def __post_init__(self):
@@ -57,12 +57,10 @@ class DistributedOptions:
             raise ValueError(f"unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
         if self.nproc < 1 or self.nnodes < 1 or self.timeout_s <= 0:
             raise ValueError("nproc and nnodes must be >= 1 and timeout_s > 0")
-        if self.nnodes > 1:
-            raise ValueError("nnodes > 1 is not supported yet (one node, up to all its GPUs or cores)")
 
     def label(self) -> str:
-        """The run-id part: `ddp2`, `fsdp4`."""
-        return f"{self.strategy}{self.nproc}"
+        """The run-id part: `ddp2`, `fsdp4`; over several nodes ranks per node x nodes: `fsdp8x2`."""
+        return f"{self.strategy}{self.nproc}" + (f"x{self.nnodes}" if self.nnodes > 1 else "")
 
 
 DEVICES = ("auto", "cpu", "cuda")
