@@ -170,7 +170,7 @@ class SlurmExecutor:
             if getattr(self.settings, key) is not None:
                 params[name] = getattr(self.settings, key)
         if spec.distributed and not gpus:  # a CPU rank per core at least
-            params["cpus_per_task"] = max(params.get("cpus_per_task", 1), spec.world_size)
+            params["cpus_per_task"] = max(params.get("cpus_per_task", 1), spec.distributed["nproc"])  # per node
         if self.settings.sbatch:
             params["slurm_additional_parameters"] = sbatch_options(self.settings.sbatch)
         ex.update_parameters(**params)
