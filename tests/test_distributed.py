@@ -107,7 +107,7 @@ def suite_data(**distributed):
     [
         ({"nproc": 4}, "batch_size 6 is not divisible by grad_accum x ranks (1 x 4)"),
         ({"nproc": 2, "strategy": "zero"}, "unknown strategy 'zero'; valid: ddp, fsdp"),
-        ({"nproc": 2, "nnodes": 2}, "nnodes > 1 is not supported yet"),
+        ({"nproc": 2, "nnodes": 0}, "nproc and nnodes must be >= 1"),
         ({"nprocs": 2}, "nprocs: unknown option (did you mean 'nproc'?); valid: nproc, strategy"),
     ],
 )
@@ -115,6 +115,17 @@ def test_a_distributed_setting_that_cannot_run_is_refused_at_load(distributed, m
     with pytest.raises(SuiteError) as err:
         parse_suite(suite_data(**distributed), "s.yaml", [])
     assert message in str(err.value), str(err.value)
+
+
+def test_inference_runs_on_a_ddp_cell_and_is_refused_on_an_fsdp_one():
+    data = suite_data(nproc=2, strategy="fsdp")
+    data["defaults"]["inference"] = {"new_tokens": 4}
+    with pytest.raises(SuiteError) as err:
+        parse_suite(data, "s.yaml", [])
+    assert "inference needs the whole model on one rank; use strategy ddp" in str(err.value)
+    data["matrix"]["distributed"] = [{"nproc": 2, "strategy": "ddp"}]
+    (spec,) = expand(parse_suite(data, "s.yaml", []))
+    assert spec.inference == {"new_tokens": 4} and spec.world_size == 2
 
 
 def test_the_run_id_names_the_ranks_and_one_process_cells_keep_theirs():
@@ -181,6 +192,7 @@ def test_two_nodes_meet_at_the_first_nodes_rendezvous_and_train_what_one_process
     data = suite_data(nproc=1, strategy="ddp", nnodes=2)
     data["matrix"]["distributed"] = [None, {"nproc": 1, "strategy": "ddp", "nnodes": 2}]
     data["defaults"].update(steps=4, warmup_steps=1, seq_len=24, eval_before=False, save_checkpoint=False)
+    data["defaults"]["inference"] = {"new_tokens": 4}  # rank 0's, after the other node's rank ended
     one, two = expand(parse_suite(data, "s.yaml", []))
     assert two.run_id.endswith("--ddp1x2") and two.world_size == 2
     dirs = {}
@@ -202,6 +214,7 @@ def test_two_nodes_meet_at_the_first_nodes_rendezvous_and_train_what_one_process
     assert rec.env["distributed"] == {"world_size": 2, "strategy": "ddp", "backend": "gloo", "nnodes": 2}
     assert rec.loss_curve == pytest.approx(reference.loss_curve, rel=1e-3)
     assert [r["rank"] for r in rec.ranks] == [0, 1]
+    assert rec.metrics["inference_tokens_per_s_merged"] > 0 and reference.metrics["inference_tokens_per_s_merged"] > 0
     path = tmp_path / "local.yaml"
     path.write_text(__import__("yaml").safe_dump({"name": "nodes", **data}))
     res = cli("run", str(path), "--out", str(tmp_path / "out"))

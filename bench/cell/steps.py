@@ -408,6 +408,9 @@ def phase_inference(c: Cell) -> None:
     from bench.cell.inference import run_inference
     from bench.suite.defaults import InferenceOptions
 
+    if c.ranks and not c.ranks.leader:  # a DDP cell's generation is rank 0's, on its replica, the others done
+        c.result.notes.append("inference is measured on rank 0 alone; this rank ended after saving")
+        return
     opts = InferenceOptions(**c.spec.inference)
     metrics, missing = run_inference(c.model, c.task_cls.model_kind, opts, c.device, c.autocast, c.spec.seed)
     c.metrics.update(metrics)
