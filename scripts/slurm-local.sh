@@ -4,8 +4,7 @@
 #   export SLURM_CONF=/tmp/peft-bench-slurm/slurm.conf   # (the state folder: PEFT_BENCH_SLURM_DIR)
 #   peft-bench run suites/smoke.yaml --executor slurm --partition debug
 #   sudo scripts/slurm-local.sh stop     # stops the three daemons by their PIDs
-# Partition `debug` holds this node (all its CPUs, each shared by two jobs at most, 90% of its memory, no GPUs: a
-# 2-CPU job runs beside a 1-CPU one on a 2-core machine); KillWait is short so that jobs
+# Partition `debug` holds this node (all its CPUs, 90% of its memory, no GPUs); KillWait is short so that jobs
 # killed at their time limit end quickly; there is no accounting database (states come from squeue/scontrol).
 set -euo pipefail
 DIR=${PEFT_BENCH_SLURM_DIR:-/tmp/peft-bench-slurm}
@@ -59,7 +58,7 @@ MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 

@@ -183,7 +183,7 @@ def test_a_two_gpu_cell_samples_both_gpus_and_a_wider_one_is_unsupported(tmp_pat
 @pytest.mark.slow
 def test_two_nodes_meet_at_the_first_nodes_rendezvous_and_train_what_one_process_trains(tmp_path):
     """What a Slurm job over two nodes starts (an agent per node, told its node and the rendezvous on the first),
-    here as two agents on this host: a real c10d rendezvous of two one-rank nodes; off Slurm such a cell is refused."""
+    here as two agents on this host: a real c10d rendezvous of two one-rank nodes."""
     import socket
 
     from bench.cell import run_cell
@@ -215,7 +215,15 @@ def test_two_nodes_meet_at_the_first_nodes_rendezvous_and_train_what_one_process
     assert rec.loss_curve == pytest.approx(reference.loss_curve, rel=1e-3)
     assert [r["rank"] for r in rec.ranks] == [0, 1]
     assert rec.metrics["inference_tokens_per_s_merged"] > 0 and reference.metrics["inference_tokens_per_s_merged"] > 0
+
+
+def test_a_cell_over_two_nodes_is_refused_off_slurm(tmp_path, capsys):
+    import yaml
+
+    from bench.cli import main
+
+    data = suite_data(nproc=1, strategy="ddp", nnodes=2)
     path = tmp_path / "local.yaml"
-    path.write_text(__import__("yaml").safe_dump({"name": "nodes", **data}))
-    res = cli("run", str(path), "--out", str(tmp_path / "out"))
-    assert res.returncode == 2 and "nnodes > 1 runs on Slurm only" in res.stderr, res.stderr
+    path.write_text(yaml.safe_dump({"name": "nodes", **data}))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-forecast"]) == 2
+    assert "nnodes > 1 runs on Slurm only (executor: {kind: slurm} or --executor slurm)" in capsys.readouterr().err

@@ -61,38 +61,43 @@ def wait_for(path, timeout=180):
     raise TimeoutError(path)
 
 
-def test_cells_run_as_jobs_a_two_rank_one_with_a_cpu_per_rank_and_one_slurm_kills_at_its_limit(
-    tmp_path, slurm, fault_env
-):
-    ddp = {"name": "lora", "r": 2, "distributed": {"nproc": 2, "strategy": "ddp"}}
-    five = ["full", "bitfit", {"name": "lora", "r": 2}, {"name": "ia3"}, ddp]
+def test_four_cells_run_as_jobs_and_a_job_slurm_kills_at_its_limit_is_a_timeout(tmp_path, slurm, fault_env):
+    four = ["full", "bitfit", {"name": "lora", "r": 2}, {"name": "ia3"}]
     hang = {"name": "fault-sleep", "label": "hang"}
     # the hang goes first so that its minute (Slurm's smallest limit, long before timeout_s 600) overlaps the others
-    path = suite(tmp_path, [hang, *five], time_min=1)
+    path = suite(tmp_path, [hang, *four], time_min=1)
     env = {**fault_env, **slurm}
     res = cli("run", str(path), "--out", str(tmp_path / "out"), env=env, timeout=400)
     assert res.returncode == 1, res.stderr + res.stdout  # the timeout: exit 1
     recs = {r["run_id"]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
     statuses = sorted(r["status"] for r in recs.values())
-    assert statuses == ["success"] * 5 + ["timeout"], [(k, r["status"], r.get("error")) for k, r in recs.items()]
+    assert statuses == ["success"] * 4 + ["timeout"], [(k, r["status"], r.get("error")) for k, r in recs.items()]
     job_ids = {r["env"]["slurm_job_id"] for r in recs.values()}
-    assert len(job_ids) == 6 and all(job_ids)
+    assert len(job_ids) == 5 and all(job_ids)
     hung = next(r for r in recs.values() if r["status"] == "timeout")
     assert "time limit" in hung["error"]["message"]
     assert "sacct" not in res.stderr  # no accounting database: quiet
-    (ranks,) = [r for k, r in recs.items() if k.endswith("--ddp2")]
-    assert ranks["metrics"]["world_size"] == 2 and len(ranks["ranks"]) == 2
+    ok = [k for k, r in recs.items() if r["status"] == "success"]
+    again = cli("run", str(path), "--out", str(tmp_path / "out"), *[a for k in ok for a in ("--only", k)], env=env)
+    assert again.returncode == 0 and "resume: 4 of 4" in again.stdout
+    assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 5  # the second run added nothing
+
+
+def test_a_two_rank_cell_is_one_job_with_a_cpu_per_rank(tmp_path, slurm):
+    ddp = {"name": "lora", "r": 2, "distributed": {"nproc": 2, "strategy": "ddp"}}
+    path = suite(tmp_path, [ddp], name="ranks")
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=slurm, timeout=400)
+    assert res.returncode == 0, res.stderr + res.stdout
+    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
+    assert rec["status"] == "success" and rec["run_id"].endswith("--ddp2"), rec.get("error")
+    assert rec["env"]["slurm_job_id"] and rec["metrics"]["world_size"] == 2 and len(rec["ranks"]) == 2
     job = subprocess.run(
-        ["scontrol", "show", "job", ranks["env"]["slurm_job_id"]],
+        ["scontrol", "show", "job", rec["env"]["slurm_job_id"]],
         capture_output=True,
         text=True,
         env={**os.environ, **slurm},
     )
     assert job.returncode != 0 or "NumCPUs=2" in job.stdout or "MinCPUsNode=2" in job.stdout, job.stdout
-    ok = [k for k, r in recs.items() if r["status"] == "success"]
-    again = cli("run", str(path), "--out", str(tmp_path / "out"), *[a for k in ok for a in ("--only", k)], env=env)
-    assert again.returncode == 0 and "resume: 5 of 5" in again.stdout
-    assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 6  # the second run added nothing
 
 
 def slow_job(tmp_path, name, env):
