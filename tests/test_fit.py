@@ -16,7 +16,7 @@ CONFIG = {
     "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 4096, "pad_token_id": 0,
     "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False,
 }  # fmt: skip
-LIMIT_MIB, GRID = 300, (128, 384, 64)  # lora needs ~340 MiB at 320, full ~317 at 256: margins beyond CPU noise
+LIMIT_MIB, GRID = 300, (128, 384, 128)  # the largest needs ~390 MiB: a margin beyond CPU noise (~40 MiB)
 
 
 def test_search_brackets_the_boundary_from_any_start():
