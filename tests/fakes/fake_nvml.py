@@ -30,6 +30,8 @@ class FakeNvmlError(RuntimeError):
 class FakeNvml:
     def __init__(self) -> None:
         self.calls = 0
+        self._seen: tuple[float, list[int]] = (0.0, [])  # the last scan for cell processes and when it ran
+        self._local_rank: dict[int, str | None] = {}
 
     @property
     def config(self) -> dict[str, Any]:
@@ -55,7 +57,17 @@ class FakeNvml:
         return self.config.get("driver", "fake")
 
     def _cells(self) -> list[int]:
-        """Running cell processes of this runner: spawned ones (`-m bench.cell`) and fork-server children."""
+        """Running cell processes of this runner: spawned ones (`-m bench.cell`) and fork-server children (a scan of
+        the process tree at most every 50 ms: the samplers ask 100 times a second per GPU)."""
+        import time
+
+        if time.monotonic() - self._seen[0] < 0.05:  # new processes wait for the next scan; ended ones do not stay
+            return [pid for pid in self._seen[1] if _alive(pid)]
+        out = self._scan()
+        self._seen = (time.monotonic(), out)
+        return out
+
+    def _scan(self) -> list[int]:
         out = []
         for p in psutil.Process(os.getpid()).children(recursive=True):
             try:
@@ -72,10 +84,12 @@ class FakeNvml:
         none; a one-process cell on every device it can see."""
         cells, ranks = self._cells(), {}
         for pid in cells:
-            try:
-                local = psutil.Process(pid).environ().get("LOCAL_RANK")
-            except psutil.Error:
-                continue
+            if pid not in self._local_rank:
+                try:
+                    self._local_rank[pid] = psutil.Process(pid).environ().get("LOCAL_RANK")
+                except psutil.Error:
+                    continue
+            local = self._local_rank[pid]
             if local is not None:
                 ranks[pid] = int(local)
         if not ranks:
@@ -114,6 +128,13 @@ class FakeNvml:
         import time
 
         return time.time() * rate * 1000  # a counter that grows at `watts`
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def env(config: dict[str, Any] | None = None, path: str | None = None) -> dict[str, str]:
