@@ -88,6 +88,38 @@ def test_a_killed_rank_fails_the_cell_naming_it_and_leaves_no_process(tmp_path, 
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_ddp_all_reduces_once_per_effective_batch_not_per_micro_batch():
+    """With grad_accum 2 the first micro-batch's forward and backward run under no_sync: DDP decides in the forward
+    whether its backward all-reduces, so wrapping only the backward communicated on every micro-batch."""
+    from contextlib import nullcontext
+
+    import torch
+    import torch.distributed as dist
+
+    from bench.cell.distributed import Ranks, wrap
+    from bench.cell.train import forward_backward
+
+    class Task:
+        def loss_and_logits(self, model, batch, total):
+            out = model(batch["x"])
+            return out.sum() / total, out
+
+    class Method:
+        def loss(self, model, task, step):
+            return task.loss_and_logits(model, step.batch, step.total_targets)[0]
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ranks = Ranks(0, 1, 0, "ddp", "gloo")
+        model = wrap(torch.nn.Linear(4, 4), ranks, "no", "cpu")
+        micro = [{"x": torch.randn(2, 4)}, {"x": torch.randn(2, 4)}]
+        ranks.comm.timed_start()
+        forward_backward(model, Task(), Method(), micro, [2, 2], 4, nullcontext, None, ranks, "cpu")
+        assert ranks.comm.timed_launches == 1
+    finally:
+        dist.destroy_process_group()
+
+
 def suite_data(**distributed):
     return {
         "defaults": {"batch_size": 6, "device": "cpu"},

@@ -29,15 +29,20 @@ class CommClock:
 
     def __init__(self) -> None:
         self.hooked = False
-        self.seconds = 0.0
-        self.before_timed = 0.0
+        self.seconds, self.launched = 0.0, 0
+        self.before_timed: tuple[float, int] = (0.0, 0)
 
     def timed_start(self) -> None:
-        self.before_timed = self.seconds
+        self.before_timed = (self.seconds, self.launched)
 
     @property
     def timed_s(self) -> float | None:
-        return self.seconds - self.before_timed if self.hooked else None
+        return self.seconds - self.before_timed[0] if self.hooked else None
+
+    @property
+    def timed_launches(self) -> int | None:
+        """All-reduces (one per gradient bucket) launched in the timed steps: once per effective batch each."""
+        return self.launched - self.before_timed[1] if self.hooked else None
 
     def hook(self) -> Any:
         """The default all-reduce, timed (unannotated: DDP checks any annotation against dist.GradBucket)."""
@@ -45,6 +50,7 @@ class CommClock:
 
         def timed_allreduce(state, bucket):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
+            self.launched += 1
 
             def done(fut):  # type: ignore[no-untyped-def]
                 self.seconds += time.perf_counter() - t0
@@ -151,6 +157,7 @@ def gather_ranks(ranks: Ranks, stats: Any, memory: dict[str, Any]) -> list[dict[
         **{k: getattr(stats, k) for k in STAT_KEYS},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "allreduce_s": ranks.comm.timed_s,
+        "allreduces": ranks.comm.timed_launches,
         **{k: memory.get(k) for k in ("torch_peak_allocated_mib", "torch_peak_reserved_mib")},
     }
     every: list[Any] = [None] * ranks.world

@@ -139,9 +139,10 @@ def forward_backward(
     step_loss = torch.zeros((), device=device)
     for i, (batch, count) in enumerate(zip(micro, counts)):
         on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast():
-            loss = method.loss(model, task, Step(on_device, total, count))
+        # forward and backward inside: DDP decides in its forward whether the backward all-reduces
         with grad_sync(model, ranks, i == len(micro) - 1):
+            with autocast():
+                loss = method.loss(model, task, Step(on_device, total, count))
             scaled = loss * world if world > 1 else loss
             (scaler.scale(scaled) if scaler else scaled).backward()
         step_loss += loss.detach()
