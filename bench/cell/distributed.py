@@ -188,7 +188,8 @@ def gather_into(c: Any, stats: Any) -> None:
     if torch_peak is None:
         c.missing["rank_peak_torch_allocated_mib"] = c.missing.get("torch_peak_allocated_mib", "not measured")
     c.metrics["rank_peak_torch_allocated_mib"] = torch_peak
-    shares = [r["allreduce_s"] / (r["step_time_mean_s"] * n) for r in rows if _timed(r) and (n := _steps(stats))]
+    steps = len(stats.step_times_s)  # timed steps (every rank times the same ones)
+    shares = [r["allreduce_s"] / (r["step_time_mean_s"] * steps) for r in rows if steps and _timed(r)]
     c.metrics["allreduce_share"] = max(shares) if shares else None
     if not shares:
         c.missing["allreduce_share"] = (
@@ -200,10 +201,6 @@ def gather_into(c: Any, stats: Any) -> None:
 
 def _timed(row: dict[str, Any]) -> bool:
     return row.get("allreduce_s") is not None and bool(row.get("step_time_mean_s"))
-
-
-def _steps(stats: Any) -> int:
-    return len(stats.step_times_s)
 
 
 def save_cell(c: Any, out_dir: Path) -> dict[str, Any]:
@@ -245,10 +242,3 @@ def barrier() -> None:
     import torch.distributed as dist
 
     dist.barrier()
-
-
-def close() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()

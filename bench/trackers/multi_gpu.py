@@ -42,7 +42,7 @@ class MultiGpuTracker:
         metrics, missing = combine([p.metrics for p in parts], [p.missing for p in parts])
         per_phase = {}
         for phase in parts[0].per_phase:
-            per_phase[phase], _ = combine([p.per_phase.get(phase, {}) for p in parts], [{} for _ in parts])
+            per_phase[phase], _ = combine([p.per_phase.get(phase, {}) for p in parts], [{}] * len(parts))
         metrics["nvml_gpus"] = len(parts)
         notes = [f"GPU {i}: {note}" for i, p in enumerate(parts) for note in p.notes]
         per_gpu = [{k: p.metrics.get(k) for k in PER_RANK} for p in parts]
@@ -55,12 +55,10 @@ def combine(metrics: list[dict[str, Any]], missing: list[dict[str, str]]) -> tup
     out, why = dict(metrics[0]), dict(missing[0])
     for key in {k for m in metrics for k in m} & {*LARGEST, *SUMMED}:
         values = [m.get(key) for m in metrics]
-        if any(v is None for v in values):
-            gpu = next(i for i, v in enumerate(values) if v is None)
+        if None in values:
+            gpu = values.index(None)
             out[key] = None
-            reason = missing[gpu].get(key)
-            if reason or any(missing):
-                why[key] = f"GPU {gpu}: {reason or 'no figure'}"
+            why[key] = f"GPU {gpu}: {missing[gpu].get(key) or 'no figure'}"
             continue
         out[key] = max(values) if key in LARGEST else sum(values)
         why.pop(key, None)
