@@ -259,3 +259,11 @@ def test_a_cell_over_two_nodes_is_refused_off_slurm(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"name": "nodes", **data}))
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-forecast"]) == 2
     assert "nnodes > 1 runs on Slurm only (executor: {kind: slurm} or --executor slurm)" in capsys.readouterr().err
+
+
+def test_the_report_names_a_cell_as_its_run_id_does_nodes_included():
+    from bench.report.frame import flatten
+    from bench.suite.defaults import DistributedOptions
+
+    for d in ({"nproc": 8, "strategy": "fsdp", "nnodes": 2}, {"nproc": 8, "strategy": "fsdp", "nnodes": 1}):
+        assert flatten({"run_id": "x", "spec": {"distributed": d}})["distributed"] == DistributedOptions(**d).label()

@@ -74,10 +74,12 @@ def _info(rec: dict[str, Any], section: str, key: str, default: Any = None) -> A
 
 
 def _distributed_text(value: Any) -> str:
-    """`ddp2`, `fsdp4` (the run id's part); "" for one process."""
+    """`ddp2`, `fsdp4`, `fsdp8x2` over two nodes: the run id's part (DistributedOptions.label; the report reads
+    records, not the suite package); "" for one process."""
     if not isinstance(value, dict):
         return ""
-    return f"{value.get('strategy', 'ddp')}{value.get('nproc', 1)}"
+    nodes = value.get("nnodes", 1)
+    return f"{value.get('strategy', 'ddp')}{value.get('nproc', 1)}" + (f"x{nodes}" if nodes > 1 else "")
 
 
 def _compile_text(value: Any) -> str:
