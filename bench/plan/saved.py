@@ -45,8 +45,8 @@ def count_saved(model: Any, micro_batch: int, seq_len: int, half: Any, causal: b
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # a method's plain tensors (peft's prompt token ids)
     count, current, seen = SavedCount(), [], set()
     autocast = torch.autocast("cpu", dtype=half) if half is not None else nullcontext()
-    with _faked(model, mode) as own, _block_hooks(model, count, current):
-        own = {StorageWeakRef(t.untyped_storage()) for t in own}
+    with _faked(model, mode) as fakes, _block_hooks(model, count, current):
+        own = {StorageWeakRef(t.untyped_storage()) for t in fakes}  # the weights' storages: not activations
 
         def pack(t: Any) -> Any:
             ref = StorageWeakRef(t.untyped_storage())
