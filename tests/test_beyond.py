@@ -96,6 +96,34 @@ def test_inference_phase_gives_three_figures_and_merged_equals_unmerged(tmp_path
     assert "inference" in res["phases"]
 
 
+def test_decode_time_is_the_tokens_own_not_a_difference_of_two_noisy_calls():
+    """Each new token timed as it arrives within one generate call: a delay before generation starts (the host
+    busy elsewhere) moves the time to first token, never the decode time per token (the two-call difference it
+    replaced went negative here and was clamped to a fake 0)."""
+    import time
+    from contextlib import nullcontext
+
+    from bench.cell.inference import generation_speed
+    from bench.suite.defaults import InferenceOptions
+
+    class Model:
+        calls = 0
+
+        def generate(self, input_ids, max_new_tokens, streamer=None, **_):
+            Model.calls += 1
+            time.sleep(0.04 if Model.calls % 2 == 0 else 0)  # every other call starts late
+            for token in range(-1, max_new_tokens):
+                if token >= 0:
+                    time.sleep(0.005)
+                if streamer is not None:
+                    streamer.put(token)
+
+    opts = InferenceOptions(new_tokens=4, batch=1, prompt_len=2, repeats=1)
+    figures = generation_speed(Model(), [[1, 2]], opts, "cpu", nullcontext)
+    assert 4 < figures["decode_ms_per_token"] < 15, figures
+    assert figures["ttft_ms"] > 40 and figures["tokens_per_s"] > 0
+
+
 def test_deployed_variants_are_the_plain_base_and_a_merged_copy_and_the_merge_changes_logits_a_little():
     """Against a direct peft computation: a non-zero adapter; the merged copy has no peft layers left; its logits
     differ from the unmerged model's by more than 0 and less than 1e-4 in fp32; the base copy has no adapter."""
