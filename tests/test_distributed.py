@@ -52,10 +52,11 @@ def test_ddp_lora_and_fsdp_full_follow_the_one_process_loss_curve(tmp_path):
         assert m2["rank_peak_rss_mib"] == max(r["peak_rss_mib"] for r in two["ranks"])
         assert m2["checkpoint_bytes"] == pytest.approx(m1["checkpoint_bytes"], rel=0.01)  # written once
         assert m2["hardware_flops_per_token"] == pytest.approx(m1["hardware_flops_per_token"], rel=1e-6)
-        if strategy == "ddp":  # the all-reduces timed through DDP's communication hook, every rank
-            assert all(r["allreduce_s"] > 0 for r in two["ranks"]) and 0 < m2["allreduce_share"] < 1
-        else:
-            assert m2["allreduce_share"] is None and "communication hook" in two["missing_reason"]["allreduce_share"]
+        # the collectives timed, every rank: DDP's all-reduces through its communication hook, FSDP2's all-gathers
+        # and reduce-scatters through its custom collectives
+        kinds = {"ddp": {"all_reduce"}, "fsdp": {"all_gather", "reduce_scatter"}}[strategy]
+        assert all(set(r["comm_s_by_kind"]) == kinds and r["comm_s"] > 0 for r in two["ranks"]), two["ranks"]
+        assert 0 < m2["comm_share"] < 1
     ranks_dirs = list((tmp_path / "out" / "runs").glob("*fsdp2/ranks/1/result.json"))
     assert len(ranks_dirs) == 1  # rank 1 kept its own result beside rank 0's
 
@@ -118,6 +119,57 @@ def test_ddp_all_reduces_once_per_effective_batch_not_per_micro_batch():
         assert ranks.comm.timed_launches == 1
     finally:
         dist.destroy_process_group()
+
+
+def test_on_a_gpu_collectives_are_timed_by_cuda_events_read_once_after_training(monkeypatch):
+    """NCCL's futures complete when the work is enqueued: a host clock would time the launch. The clock records
+    an event at the launch and one where the completion is ordered, and reads them only when asked."""
+    import torch
+
+    from bench.cell.comm import CommClock, finish
+
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            self.at = len(log) * 100.0  # the device's clock, ms: 100 ms per thing that happened
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, end):
+            return end.at - self.at
+
+    class Work:  # an asynchronous collective: its completion is its future's
+        def __init__(self):
+            self.callbacks = []
+
+        def get_future(self):
+            return self
+
+        def then(self, callback):
+            self.callbacks.append(callback)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    clock = CommClock(cuda=True)
+    clock.hooked = True
+    finish(None, clock.launch("all_gather"))  # before the timed steps: not counted
+    assert log == [] and clock.timed_launches == 0
+    clock.timed_start()
+    finish(None, clock.launch("all_gather"))  # a blocking one: launch, then its completion on the stream
+    work = Work()
+    finish(work, clock.launch("reduce_scatter"))
+    log.append("compute")
+    work.callbacks[0](None)  # its future completes later
+    assert "sync" not in log  # nothing waits inside the steps
+    assert clock.by_kind() == {"all_gather": 0.1, "reduce_scatter": 0.2}
+    assert log.count("sync") == 2 and clock.timed_launches == 2
+    assert clock.by_kind() == {"all_gather": 0.1, "reduce_scatter": 0.2}  # read once: not added again
 
 
 def suite_data(**distributed):
@@ -210,6 +262,13 @@ def test_a_two_gpu_cell_samples_both_gpus_and_a_wider_one_is_unsupported(tmp_pat
     assert m["train_peak_nvml_process_mib"] == 500  # the headline: the largest GPU
     assert m["train_peak_nvml_mib"] == 600
     assert m["train_energy_j"] == pytest.approx(sum(r["train_energy_j"] for r in ranks))  # the GPUs' energy summed
+    # the same cell as a submitit job (what a Slurm node runs): its ranks see and NVML samples the whole allocation
+    out = tmp_path / "job"
+    cli("run", str(path), "--out", str(out), "--executor", "submitit-local", "--only", "*ddp2", env=fake_nvml.env(fake))
+    (job,) = read_jsonl(out / "results.jsonl")
+    assert job["status"] == "success", job.get("error")
+    assert job["env"]["nvml_gpu_indices"] == [0, 1] and job["metrics"]["nvml_gpus"] == 2
+    assert [r["train_peak_nvml_process_mib"] for r in job["ranks"]] == [300, 500]
 
 
 @pytest.mark.slow

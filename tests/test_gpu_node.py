@@ -117,6 +117,8 @@ def test_submitit_local_executor_runs_a_suite_and_resumes(tmp_path):
     recs = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert len(recs) == 2 and all(r["status"] == "success" for r in recs), [r.get("error") for r in recs]
     assert all(r["metrics"]["trainable_params"] > 0 and r["loss_curve"] for r in recs)
+    first, second = sorted(recs, key=lambda r: r["started_unix"])
+    assert first["ended_unix"] <= second["started_unix"]  # one job at a time: side by side they measure each other
     assert (tmp_path / "out" / "slurm").is_dir()
     res = cli("run", str(path), "--out", str(tmp_path / "out"))  # resume across submissions: nothing to redo
     assert "resume: 2 of 2" in res.stdout and len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 2

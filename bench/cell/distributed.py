@@ -9,56 +9,17 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.cell.comm import CommClock
 from bench.errors import Unsupported
 from bench.suite.defaults import DistributedOptions
 
 STAT_KEYS = ("timed_tokens", "timed_padded_tokens", "timed_samples", "all_tokens")  # summed over ranks
-
-
-class CommClock:
-    """DDP's gradient all-reduces as its communication hook sees them: from each bucket's launch to its completion,
-    summed over the timed steps. They overlap the backward's compute, so this is the time communication was in
-    flight, not a part of the step to subtract."""
-
-    def __init__(self) -> None:
-        self.hooked = False
-        self.seconds, self.launched = 0.0, 0
-        self.before_timed: tuple[float, int] = (0.0, 0)
-
-    def timed_start(self) -> None:
-        self.before_timed = (self.seconds, self.launched)
-
-    @property
-    def timed_s(self) -> float | None:
-        return self.seconds - self.before_timed[0] if self.hooked else None
-
-    @property
-    def timed_launches(self) -> int | None:
-        """All-reduces (one per gradient bucket) launched in the timed steps: once per effective batch each."""
-        return self.launched - self.before_timed[1] if self.hooked else None
-
-    def hook(self) -> Any:
-        """The default all-reduce, timed (unannotated: DDP checks any annotation against dist.GradBucket)."""
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-        def timed_allreduce(state, bucket):  # type: ignore[no-untyped-def]
-            t0 = time.perf_counter()
-            self.launched += 1
-
-            def done(fut):  # type: ignore[no-untyped-def]
-                self.seconds += time.perf_counter() - t0
-                return fut.value()
-
-            return allreduce_hook(state, bucket).then(done)
-
-        return timed_allreduce
 
 
 @dataclass(frozen=True)
@@ -97,7 +58,7 @@ def init(spec: Any, device: str) -> Ranks:
     if device == "cuda":
         torch.cuda.set_device(local)
     dist.init_process_group(backend, timeout=timedelta(seconds=opts.timeout_s))
-    return Ranks(dist.get_rank(), dist.get_world_size(), local, opts.strategy, backend)
+    return Ranks(dist.get_rank(), dist.get_world_size(), local, opts.strategy, backend, CommClock(device == "cuda"))
 
 
 def wrap(model: Any, ranks: Ranks, mixed_precision: str, device: str) -> Any:
@@ -109,7 +70,7 @@ def wrap(model: Any, ranks: Ranks, mixed_precision: str, device: str) -> Any:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(model, device_ids=[ranks.local_rank] if device == "cuda" else None)
-        ddp.register_comm_hook(None, ranks.comm.hook())
+        ddp.register_comm_hook(None, ranks.comm.ddp_hook())
         ranks.comm.hooked = True
         return ddp
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -125,6 +86,7 @@ def wrap(model: Any, ranks: Ranks, mixed_precision: str, device: str) -> Any:
     for block in blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
+    ranks.comm.install_fsdp([*blocks, model])
     return model
 
 
@@ -150,14 +112,16 @@ def gather_ranks(ranks: Ranks, stats: Any, memory: dict[str, Any]) -> list[dict[
     becomes the cell's: the slowest rank's time per step and every rank's tokens."""
     import torch.distributed as dist
 
+    kinds = ranks.comm.by_kind()
     mine = {
         "rank": ranks.rank,
         "pid": os.getpid(),
         "step_times_s": stats.step_times_s,
         **{k: getattr(stats, k) for k in STAT_KEYS},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "allreduce_s": ranks.comm.timed_s,
-        "allreduces": ranks.comm.timed_launches,
+        "comm_s": None if kinds is None else sum(kinds.values()),
+        "comm_s_by_kind": kinds,
+        "comm_calls": ranks.comm.timed_launches,
         **{k: memory.get(k) for k in ("torch_peak_allocated_mib", "torch_peak_reserved_mib")},
     }
     every: list[Any] = [None] * ranks.world
@@ -189,18 +153,14 @@ def gather_into(c: Any, stats: Any) -> None:
         c.missing["rank_peak_torch_allocated_mib"] = c.missing.get("torch_peak_allocated_mib", "not measured")
     c.metrics["rank_peak_torch_allocated_mib"] = torch_peak
     steps = len(stats.step_times_s)  # timed steps (every rank times the same ones)
-    shares = [r["allreduce_s"] / (r["step_time_mean_s"] * steps) for r in rows if steps and _timed(r)]
-    c.metrics["allreduce_share"] = max(shares) if shares else None
+    shares = [r["comm_s"] / (r["step_time_mean_s"] * steps) for r in rows if steps and _timed(r)]
+    c.metrics["comm_share"] = max(shares) if shares else None
     if not shares:
-        c.missing["allreduce_share"] = (
-            "FSDP2 has no communication hook to time its all-gathers and reduce-scatters"
-            if c.ranks.strategy == "fsdp"
-            else "no timed steps"
-        )
+        c.missing["comm_share"] = c.ranks.comm.why_not or "no timed steps"
 
 
 def _timed(row: dict[str, Any]) -> bool:
-    return row.get("allreduce_s") is not None and bool(row.get("step_time_mean_s"))
+    return row.get("comm_s") is not None and bool(row.get("step_time_mean_s"))
 
 
 def save_cell(c: Any, out_dir: Path) -> dict[str, Any]:

@@ -45,7 +45,11 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     if spec.distributed and spec.distributed.get("nnodes", 1) > 1 and not _first_node(spec, run_dir):
         return ""  # a node other than the first: its agent ran its ranks; the first node's task has the record
     backend, reason = nvml.open_backend()
-    slot = resolve_slots(backend, None, inherited_visible_devices())[0]  # Slurm's allocation, in its order
+    slots = resolve_slots(backend, None, inherited_visible_devices())  # Slurm's allocation, in its order
+    slot = slots[0]
+    # a distributed GPU cell holds its node's `nproc` GPUs: every one visible to its ranks and sampled by NVML
+    nproc = spec.distributed["nproc"] if spec.distributed and spec.device != "cpu" else 1
+    more = tuple(s for s in slots[1:nproc] if s is not None)
     env = base_env()
     if backend is not None:
         env["gpu_driver"] = backend.driver()
@@ -63,6 +67,7 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
         env_parent=env,
         should_stop=lambda: bool(ended_by_slurm),
         progress=lambda line: print(line, flush=True),  # into the job's log (`squeue`/`sacct` show it is running)
+        more_slots=more,
     )
     record = supervise_cell(job)
     if ended_by_slurm:
@@ -135,6 +140,17 @@ class SlurmExecutor:
             return 1
         return 1 if self._has_gpus() else 0
 
+    def local_gpus(self, spec: RunSpec) -> int:
+        """GPUs a submitit-local job of this cell holds: none for a CPU cell or without GPUs, a distributed
+        cell's ranks, else one (a cell on this machine's GPUs as a Slurm job would see its allocation)."""
+        from bench.trackers import nvml
+
+        backend, _ = nvml.open_backend()
+        count = backend.device_count() if backend is not None else 0
+        if spec.device == "cpu" or count == 0:
+            return 0
+        return min(count, spec.distributed["nproc"]) if spec.distributed else 1
+
     def _has_gpus(self) -> bool:
         if self._gpu_partition is None:
             self._gpu_partition = partition_has_gpus(self.settings.partition)
@@ -149,9 +165,9 @@ class SlurmExecutor:
     def _executor(self, folder: Path, spec: RunSpec) -> Any:
         import submitit
 
-        if self.name == "submitit-local":
+        if self.name == "submitit-local":  # submitit makes CUDA_VISIBLE_DEVICES its first `gpus_per_node` GPUs
             ex = submitit.LocalExecutor(folder=str(folder))
-            ex.update_parameters(timeout_min=self.time_min(spec))
+            ex.update_parameters(timeout_min=self.time_min(spec), gpus_per_node=self.local_gpus(spec))
             return ex
         ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
         nodes = spec.distributed.get("nnodes", 1) if spec.distributed else 1  # one task (an agent) per node
@@ -245,26 +261,22 @@ class SlurmExecutor:
             time.sleep(1.0)
 
     def _run_local(self, specs: list[RunSpec], ctx: RunContext) -> None:
-        ctx.progress(f"running {len(specs)} jobs with submitit's LocalExecutor; logs in {ctx.out.slurm}")
-        pending = {}
+        """One job at a time, as the local executor runs cells: jobs side by side on one machine would measure
+        each other. A stop cancels the running job; cells not started have no record (a rerun runs them)."""
+        ctx.progress(f"running {len(specs)} jobs with submitit's LocalExecutor, one at a time; logs in {ctx.out.slurm}")
         for spec in specs:
-            ex = self._executor(ctx.out.slurm, spec)
-            pending[
-                ex.submit(run_cell_job, spec.to_json(), str(ctx.out.run(spec.run_id).path), self.nvml_interval_s)
-            ] = spec
-        while pending:
             if ctx.should_stop():
-                for job, spec in pending.items():
-                    job.cancel(check=False)
-                    ctx.on_record(
-                        never_ran(
-                            spec, ctx, Status.CANCELED, f"job {job.job_id} canceled by a signal to the runner", None
-                        )
-                    )
                 return
-            for job in [j for j in pending if j.done()]:
-                ctx.on_record(collect(job, pending.pop(job), ctx))
-            time.sleep(0.2)
+            ex = self._executor(ctx.out.slurm, spec)
+            job = ex.submit(run_cell_job, spec.to_json(), str(ctx.out.run(spec.run_id).path), self.nvml_interval_s)
+            while not job.done():
+                if ctx.should_stop():
+                    job.cancel(check=False)
+                    message = f"job {job.job_id} canceled by a signal to the runner"
+                    ctx.on_record(never_ran(spec, ctx, Status.CANCELED, message, None))
+                    return
+                time.sleep(0.2)
+            ctx.on_record(collect(job, spec, ctx))
 
 
 def collect(job: Any, spec: RunSpec, ctx: RunContext) -> Record:

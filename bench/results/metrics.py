@@ -152,9 +152,10 @@ CORE: tuple[MetricSpec, ...] = (
        group="distributed"),
     _m("rank_peak_rss_mib", "distributed cells: the largest rank's own resident peak (ru_maxrss) after training",
        "MiB", direction=LOWER, label="largest rank RSS MiB", group="distributed"),
-    _m("allreduce_share", "DDP cells: time the gradient all-reduces were in flight (launch to completion, DDP's "
-       "communication hook) / the timed steps' time, the largest rank's; overlapped with backward, not additive",
-       label="all-reduce share", group="distributed"),
+    _m("comm_share", "distributed cells: time the collectives were in flight (DDP: gradient all-reduces, FSDP: "
+       "all-gathers + reduce-scatters; launch to completion, CUDA events on GPUs) / the timed steps' time, the "
+       "largest rank's; overlaps compute and includes waiting for the slowest rank, not additive",
+       label="comm share", group="distributed"),
     _m("rank_peak_torch_allocated_mib", "distributed cells: the largest rank's torch peak allocated in training",
        "MiB", direction=LOWER, label="largest rank torch MiB", group="distributed"),
     _m("nvml_samples", "NVML samples taken during the cell", label="NVML samples", fmt="int", group="memory"),
@@ -211,7 +212,8 @@ CORE: tuple[MetricSpec, ...] = (
         for spec in (
             _m(f"inference_ttft_ms_{variant}", f"time to first token (prefill + one token), {what}", "ms",
                direction=LOWER, label=f"{variant} TTFT ms", group="inference"),
-            _m(f"inference_decode_ms_per_token_{variant}", f"decode latency per token after the first, {what}", "ms",
+            _m(f"inference_decode_ms_per_token_{variant}",
+               f"decode latency per token after the first (arrival times within one generate call), {what}", "ms",
                direction=LOWER, label=f"{variant} decode ms/token", group="inference"),
         )
     ),
