@@ -25,14 +25,21 @@ def _run(args: argparse.Namespace) -> int:
     specs = runner.select(expand(suite), args.only)
     if args.only and not specs:
         raise SuiteError([f"--only {' '.join(args.only)}: no cell matches; run with --dry-run to list them"])
-    check_configs(specs)
+    out = Path(args.out or Path("out") / slug(suite.name))
+    made = not args.dry_run and not out.exists()
+    if not args.dry_run:
+        probe_writable(out)  # an out dir that cannot be written: one line, exit 2, before the config checks
+    try:
+        check_configs(specs)
+    except SuiteError:
+        if made:
+            out.rmdir()  # a refused suite leaves no empty out dir behind
+        raise
     if args.dry_run:
         from bench.plan.dryrun import print_dry_run
 
         print_dry_run(suite, specs, with_estimates=not args.no_forecast)
         return 0
-    out = Path(args.out or Path("out") / slug(suite.name))
-    probe_writable(out)  # an out dir that cannot be written: one line, exit 2, before any cell
     local = LocalOptions(
         launcher=args.launcher,
         gpus=_gpus(args.gpus),

@@ -97,12 +97,17 @@ def test_unknown_and_hub_tasks_offline_are_one_clear_error(tmp_path, monkeypatch
     _, include = mc_task(tmp_path, n=2)
     loaded = load_model("tiny-llama", "causal_lm", None, 0, options={"tokenizer": "minilm-l6"})
     cache: dict = {}
-    args = (loaded.model, loaded.tokenizer)
+    args, rest = (loaded.model, loaded.tokenizer), ("before", 8, None, False)
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['local_mcq'\] \(did you mean 'local_mc'\?\)"):
-        lm_eval_scores(*args, {"tasks": ["local_mcq"], "include_path": include}, "before", 8, None, False, cache, str)
+        lm_eval_scores(*args, {"tasks": ["local_mcq"], "include_path": include}, *rest, cache, str)
     offline = lambda: "HF_HUB_OFFLINE is set"  # noqa: E731
     with pytest.raises(ValueError, match=r"\['arc_easy'\]: their data could not be loaded and the hub is unreachable"):
-        lm_eval_scores(*args, {"tasks": ["arc_easy"], "limit": 2}, "before", 8, None, False, cache, offline)
+        lm_eval_scores(*args, {"tasks": ["arc_easy"], "limit": 2, "include_path": include}, *rest, cache, offline)
+    # a local task alone is indexed from include_path alone; a name beyond it needs the whole index (read once)
+    from bench.scoring.harness import LmEvalOptions, indexed
+
+    assert indexed(LmEvalOptions(["local_mc"], include), cache).all_tasks == ["local_mc"]
+    assert len(cache[f"tm:{include}"].all_tasks) > 1000 and len(cache) == 2
 
 
 def test_lm_eval_options_are_checked_at_suite_load(tmp_path):

@@ -72,20 +72,34 @@ class PrefixTrimmed:
 
 
 def task_manager(opts: LmEvalOptions, cache: dict[str, Any]) -> Any:
-    """lm-eval's task index (built once per cell: it reads every task YAML), after checking the names."""
-    from lm_eval.tasks import TaskManager
-
+    """lm-eval's task index (built once per cell), after checking the names. Tasks that all lie in include_path
+    (tasks, not groups or tags, which may name lm-eval's own) are indexed from there alone; otherwise every task YAML
+    lm-eval ships is read (~15k, seconds of CPU per cell)."""
     from bench.options import suggest
 
-    if "tm" not in cache:
-        cache["tm"] = TaskManager(include_path=opts.include_path or None)
-    known = set(cache["tm"].all_tasks)
+    manager = indexed(opts, cache)
+    known = set(manager.all_tasks)
     unknown = [t for t in opts.tasks if t not in known]
     if unknown:
         hint = suggest(unknown[0], sorted(known))
         where = f" or in include_path {opts.include_path}" if opts.include_path else " (give include_path for your own)"
         raise ValueError(f"lm_eval: unknown task(s) {unknown}{hint}: not among lm-eval's {len(known)} tasks{where}")
-    return cache["tm"]
+    return manager
+
+
+def indexed(opts: LmEvalOptions, cache: dict[str, Any]) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    if opts.include_path:
+        key = f"tm-local:{opts.include_path}"
+        if key not in cache:
+            cache[key] = TaskManager(include_path=opts.include_path, include_defaults=False)
+        if set(opts.tasks) <= set(getattr(cache[key], "all_subtasks", ())):  # tasks, not groups or tags
+            return cache[key]
+    key = f"tm:{opts.include_path}"
+    if key not in cache:
+        cache[key] = TaskManager(include_path=opts.include_path or None)
+    return cache[key]
 
 
 def harness_model(model: Any, tokenizer: Any, batch_size: int, compute_dtype: Any, trim_prefix: bool) -> tuple:
