@@ -1,6 +1,8 @@
 """Launchers: the fork server keeps per-cell isolation and gives the same records as spawn; spawn cells
 import only the heavy libraries they use."""
 
+import dataclasses
+
 import pytest
 
 from conftest import cli, make_suite, read_jsonl
@@ -48,6 +50,8 @@ def test_fork_server_cells_are_isolated(tmp_path, fault_env):
     assert recs[1]["metrics"]["score_after"] >= 0
     pids = {r["child_pid"] for r in recs}
     assert len(pids) == 3 and recs[0]["runner_pid"] not in pids
+    # the server preloads what its cells import, nothing more: no peft (nor the bitsandbytes it pulls in) here
+    assert [r["heavy_modules_loaded"] for r in recs] == [[]] * 3
 
 
 def test_spawn_classifies_crashes_as_the_fork_server_does(tmp_path, fault_env):
@@ -57,3 +61,17 @@ def test_spawn_classifies_crashes_as_the_fork_server_does(tmp_path, fault_env):
     crash, oom = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert crash["status"] == "failed" and crash["exit_code"] == 7 and "about to crash" in crash["error"]["stderr_tail"]
     assert oom["status"] == "oom"
+
+
+def test_a_fork_server_preloads_the_union_of_what_its_cells_import(tmp_path):
+    from bench.execution.launchers import preload_for
+    from bench.suite.load import expand, load_suite
+
+    def preload(matrix, **defaults):
+        return preload_for(expand(load_suite(make_suite(tmp_path, matrix, **defaults))))
+
+    assert preload({"method": ["full", "bitfit"]}) == []
+    assert preload({"method": ["full", {"name": "lora", "r": 4}]}) == ["peft"]
+    assert preload({"method": ["qlora"]}, precision="nf4") == ["bitsandbytes", "peft"]
+    (lora,) = expand(load_suite(make_suite(tmp_path, {"method": ["lora"]})))
+    assert preload_for([dataclasses.replace(lora, method="gone")]) == []  # a plugin gone since: its cell says so

@@ -73,17 +73,12 @@ def phase_import(c: Cell) -> None:
 
     from bench import registry
     from bench.env.facts import base_env, device_env
-    from bench.models.precision import QUANTIZED, precision_policy
+    from bench.models.precision import precision_policy
     from bench.options import parse_options
 
     spec = c.spec
     c.task_cls, c.method_cls = registry.load_task(spec.task), registry.load_method(spec.method)
-    for module in (
-        *c.method_cls.requires,
-        *c.task_cls.requires,
-        *(("bitsandbytes",) if spec.precision in QUANTIZED else ()),
-        *(("datasets", "lm_eval", "lm_eval.models.huggingface", "lm_eval.tasks") if spec.lm_eval else ()),
-    ):
+    for module in cell_imports(spec):
         importlib.import_module(module)
     c.device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     if spec.distributed:
@@ -108,6 +103,21 @@ def phase_import(c: Cell) -> None:
     c.precision = precision_policy(spec.precision, c.device, spec.allow_emulated_precision)
     c.result.env["emulated_precision"] = c.precision.emulated
     c.result.heavy_modules_loaded = heavy_modules()
+
+
+def cell_imports(spec: RunSpec) -> tuple[str, ...]:
+    """The optional libraries a cell of this spec imports in its import phase: its method's and task's `requires`,
+    bitsandbytes for a quantized base, lm-eval for standard scores. The fork server preloads their union over the
+    cells it will fork (bench.execution.forkserver), so no cell pays for a library only another cell uses."""
+    from bench import registry
+    from bench.models.precision import QUANTIZED
+
+    return (
+        *registry.load_method(spec.method).requires,
+        *registry.load_task(spec.task).requires,
+        *(("bitsandbytes",) if spec.precision in QUANTIZED else ()),
+        *(("datasets", "lm_eval", "lm_eval.models.huggingface", "lm_eval.tasks") if spec.lm_eval else ()),
+    )
 
 
 def heavy_modules() -> list[str]:

@@ -1,5 +1,9 @@
 """Fork server: imports the heavy libraries once, then forks a fresh child per cell.
 
+`python -m bench.execution.forkserver [MODULE,...]`: the always-needed libraries (PRELOAD), the optional ones the
+suite's cells import (bench.cell.steps.cell_imports: peft only where a cell's method needs it, bitsandbytes for a
+quantized base, lm-eval for standard scores), and PRELOAD_ENV's.
+
 Protocol (JSON lines): the server first says {"ready": PID, "cuda_initialized": bool, "preloaded": [...]}; the
 runner writes {"run_dir": DIR, "env": {...}} to stdin; the server answers {"pid": P} at once and
 {"exit": P, "code": C} when that child ends (C < 0: killed by signal -C). Each child starts a new session,
@@ -22,7 +26,6 @@ PRELOAD = (
     "torch",
     "transformers",
     "accelerate",
-    "peft",
     "transformers.models.llama.modeling_llama",
     "transformers.models.bert.modeling_bert",
     "bench.cell",
@@ -61,11 +64,11 @@ def _child(run_dir: Path, env: dict[str, str]) -> None:
         os._exit(code)
 
 
-def preload() -> list[str]:
+def preload(suite_modules: list[str]) -> list[str]:
     import importlib
 
     extra = [m for m in os.environ.get(PRELOAD_ENV, "").split(",") if m.strip()]
-    names = [*PRELOAD, *extra]
+    names = list(dict.fromkeys([*PRELOAD, *suite_modules, *extra]))
     for name in names:
         importlib.import_module(name.strip())
     return names
@@ -76,11 +79,11 @@ def cuda_initialized() -> bool:
     return bool(torch is not None and torch.cuda.is_initialized())
 
 
-def serve() -> None:
+def serve(suite_modules: list[str]) -> None:
     from bench.cell import die_with_parent
 
     die_with_parent()  # a runner killed with SIGKILL takes its fork server (and so its cells) along
-    names = preload()
+    names = preload(suite_modules)
     import gc
 
     gc.collect()
@@ -110,4 +113,4 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    serve([m for m in (sys.argv[1] if len(sys.argv) > 1 else "").split(",") if m])

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +22,7 @@ import psutil
 from bench.cell import PARENT_ENV
 from bench.execution.forkserver import PRELOAD_ENV
 from bench.results.rundir import RunDir
+from bench.suite.spec import RunSpec
 
 
 class LauncherError(RuntimeError):
@@ -40,7 +41,7 @@ class Launcher(Protocol):
 
     name: str
 
-    def start(self, env: dict[str, str]) -> None: ...
+    def start(self, env: dict[str, str], preload: Sequence[str] = ()) -> None: ...
     def launch(self, run_dir: RunDir, env: dict[str, str]) -> CellProcess: ...
     def close(self) -> None: ...
 
@@ -91,7 +92,7 @@ class SpawnedCell:
 class SpawnLauncher:
     name = "spawn"
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], preload: Sequence[str] = ()) -> None:
         """Nothing to warm up: every cell pays its own start."""
 
     def launch(self, run_dir: RunDir, env: dict[str, str]) -> CellProcess:
@@ -123,6 +124,7 @@ class ForkServerLauncher:
         self.replies: queue.Queue = queue.Queue()
         self.starts = 0  # a server that dies is restarted once for the remaining cells
         self.env: dict[str, str] = {}
+        self.preload: list[str] = []  # the optional libraries the slot's cells import (cell_imports)
 
     def _start(self, env: dict[str, str]) -> None:
         if self.starts >= 2:
@@ -133,7 +135,7 @@ class ForkServerLauncher:
         stderr = open(self.log, "ab") if self.log else None
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.execution.forkserver"],
+                [sys.executable, "-m", "bench.execution.forkserver", ",".join(self.preload)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -171,9 +173,12 @@ class ForkServerLauncher:
                 replies.put(msg)
         replies.put({"error": f"fork server exited with code {proc.wait()}"})
 
-    def start(self, env: dict[str, str]) -> None:
-        """Start the server before the first cell, so its import time is not charged to that cell."""
+    def start(self, env: dict[str, str], preload: Sequence[str] = ()) -> None:
+        """Start the server before the first cell, so its import time is not charged to that cell; `preload`: the
+        optional libraries its cells import (a library no cell uses is not imported: peft's import alone pulls in
+        bitsandbytes and torch._dynamo, ~3 s of CPU)."""
         self.env = dict(env)  # the server's own environment (a restart must not inherit a cell's token)
+        self.preload = list(preload)
         self._ensure_running()
 
     def _ensure_running(self) -> None:
@@ -212,6 +217,20 @@ LAUNCHERS: dict[str, Callable[[Path | None], Launcher]] = {
     "spawn": lambda log: SpawnLauncher(),
     "fork-server": ForkServerLauncher,  # `log` receives the server's own stderr
 }
+
+
+def preload_for(specs: Sequence[RunSpec]) -> list[str]:
+    """The optional libraries these cells import (the union of bench.cell.steps.cell_imports): what a fork server
+    for them preloads. A cell whose method or task cannot be loaded adds nothing; the cell reports why."""
+    from bench.cell.steps import cell_imports
+
+    names: list[str] = []
+    for spec in specs:
+        try:
+            names += cell_imports(spec)
+        except Exception:  # noqa: BLE001 - a broken plugin fails its own cell, with its own error
+            continue
+    return sorted(set(names))
 
 
 def make_launcher(name: str, log: Path | None = None) -> Launcher:

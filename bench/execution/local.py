@@ -9,7 +9,7 @@ from typing import Any
 from bench.env.facts import base_env
 from bench.execution.base import LocalOptions, RunContext
 from bench.execution.gpus import GpuSlot, GpuWatch, inherited_visible_devices, resolve_slots
-from bench.execution.launchers import make_launcher, resolve_launcher
+from bench.execution.launchers import make_launcher, preload_for, resolve_launcher
 from bench.execution.scheduler import execute
 from bench.execution.supervise import CellJob, supervise_cell
 from bench.results.record import FIT_CHECK_ERROR, CellExit, Record, Status, build_record
@@ -106,8 +106,8 @@ class LocalExecutor:
         if len(slots) > 1 and on_gpu:
             ctx.progress(f"running on GPUs {', '.join(str(s.index) for s in slots)}, one cell per GPU at a time")
         try:
-            for launcher in launchers.values():
-                launcher.start(dict(os.environ))
+            for slot, launcher in launchers.items():
+                launcher.start(dict(os.environ), preload_for(on_gpu if slot is not None else on_cpu))
             fits = FitCheck(backend, on_gpu) if on_gpu and opts.fit_check else None
             cpu_reason = "a device: cpu cell: no GPU is sampled" if backend is not None else reason
 
