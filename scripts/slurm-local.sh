@@ -6,9 +6,13 @@
 #   sudo scripts/slurm-local.sh stop     # stops the three daemons by their PIDs
 # Partition `debug` holds this node (all its CPUs, 90% of its memory, no GPUs); KillWait is short so that jobs
 # killed at their time limit end quickly; there is no accounting database (states come from squeue/scontrol).
+# Partition `nodes2` holds this node and a second slurmd on the same host (node name `localhost`, its own port and
+# spool: Slurm's multiple-slurmd mode), so a job over two nodes runs for real: one task per node, each with its own
+# SLURM_NODEID, the node names resolvable as a real cluster's are. Jobs in `debug` never land on the second node.
 set -euo pipefail
 DIR=${PEFT_BENCH_SLURM_DIR:-/tmp/peft-bench-slurm}
 CONF=$DIR/slurm.conf
+SECOND=localhost  # the second node's name: resolvable to this host on any machine
 
 install_slurm() {
   if command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then
@@ -29,7 +33,7 @@ write_conf() {
   host=$(hostname -s)
   cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # GNU nproc honours OMP_NUM_THREADS (the tests set 1)
   mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
-  mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
+  mkdir -p "$DIR/state" "$DIR/spool/$host" "$DIR/spool/$SECOND" "$DIR/log"
   cat >"$CONF" <<EOF
 ClusterName=peftbench
 SlurmctldHost=$host(127.0.0.1)
@@ -37,11 +41,11 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -57,9 +61,15 @@ InactiveLimit=0
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName=$host NodeAddr=127.0.0.1 Port=17001 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+  if [ "$host" != "$SECOND" ]; then
+    cat >>"$CONF" <<EOF
+NodeName=$SECOND NodeAddr=127.0.0.1 Port=17002 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=nodes2 Nodes=$host,$SECOND MaxTime=INFINITE State=UP
+EOF
+  fi
 }
 
 start_munge() {
@@ -74,8 +84,10 @@ start_munge() {
 
 wait_idle() {
   for _ in $(seq 1 120); do
-    if [ "$(SLURM_CONF=$CONF sinfo -h -o %T 2>/dev/null | head -1)" = "idle" ]; then
-      echo "slurm ready: SLURM_CONF=$CONF (partition debug)"
+    # every node idle (sinfo -N: a line per node and partition)
+    states=$(SLURM_CONF=$CONF sinfo -h -N -o %T 2>/dev/null | sort -u)
+    if [ "$states" = "idle" ]; then
+      echo "slurm ready: SLURM_CONF=$CONF (partition debug; nodes2: two nodes)"
       return 0
     fi
     sleep 0.5
@@ -93,20 +105,29 @@ stop_pid() {
   rm -f "$file"
 }
 
+stop_slurmds() {
+  local file
+  for file in "$DIR"/slurmd-*.pid "$DIR/slurmd.pid"; do
+    [ -e "$file" ] && stop_pid "$file"
+  done
+  return 0
+}
+
 case "${1:-start}" in
   start)
     install_slurm
-    stop_pid "$DIR/slurmd.pid"
+    stop_slurmds
     stop_pid "$DIR/slurmctld.pid"
     rm -rf "$DIR/state" "$DIR/spool"
     write_conf
     start_munge
     slurmctld -f "$CONF"
-    slurmd -f "$CONF"
+    slurmd -f "$CONF" -N "$(hostname -s)"
+    if [ "$(hostname -s)" != "$SECOND" ]; then slurmd -f "$CONF" -N "$SECOND"; fi
     wait_idle
     ;;
   stop)
-    stop_pid "$DIR/slurmd.pid"
+    stop_slurmds
     stop_pid "$DIR/slurmctld.pid"
     stop_pid "$DIR/munged.pid"
     ;;

@@ -326,3 +326,38 @@ def test_the_report_names_a_cell_as_its_run_id_does_nodes_included():
 
     for d in ({"nproc": 8, "strategy": "fsdp", "nnodes": 2}, {"nproc": 8, "strategy": "fsdp", "nnodes": 1}):
         assert flatten({"run_id": "x", "spec": {"distributed": d}})["distributed"] == DistributedOptions(**d).label()
+
+
+def test_the_first_node_takes_in_every_nodes_figures_and_a_silent_node_nulls_the_headline(tmp_path, monkeypatch):
+    """Rank rows are matched by node and local rank (torchrun may number node 1's rank 0); the headline memory is
+    the largest node's and the energy the sum; a node whose file never came (or is another job's) nulls them."""
+    from bench.execution.nodes import node_file, take_in
+    from bench.results.record import Record
+    from bench.results.rundir import write_json_atomic
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+
+    def record():
+        metrics = {"train_peak_rss_mib": 500.0, "train_peak_nvml_process_mib": 300.0, "train_energy_j": 2.0}
+        rows = [{"rank": 0, "node": 1, "local_rank": 0}, {"rank": 1, "node": 0, "local_rank": 0}]
+        return Record(run_id="x", metrics=metrics, gpu_index=0, ranks=rows)
+
+    def send(node, job, rss, nvml, energy):
+        path = node_file(tmp_path, node)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figures = {"train_peak_nvml_process_mib": nvml, "train_energy_j": energy}
+        write_json_atomic(path, {"node": node, "host": f"h{node}", "job_id": job, "nvml_gpu_indices": [0],
+                                 "metrics": {"train_peak_rss_mib": rss, **figures}, "missing": {},
+                                 "per_gpu": [figures], "notes": []})  # fmt: skip
+
+    send(1, "7", 800.0, 700.0, 3.0)
+    rec = take_in(record(), tmp_path, 2, wait_s=0.2)
+    assert [r["train_peak_nvml_process_mib"] for r in rec.ranks] == [700.0, 300.0]  # rank 0 ran on node 1
+    m = rec.metrics
+    assert (m["train_peak_rss_mib"], m["train_peak_nvml_process_mib"], m["train_energy_j"]) == (800.0, 700.0, 5.0)
+    assert [n["host"] for n in rec.nodes][1:] == ["h1"] and m["nvml_gpus"] == 2
+    send(2, "6", 900.0, 900.0, 9.0)  # an earlier job's file: not this cell's
+    rec = take_in(record(), tmp_path, 3, wait_s=0.2)
+    assert rec.metrics["train_peak_rss_mib"] is None and rec.metrics["train_energy_j"] is None
+    assert rec.missing_reason["train_energy_j"].startswith("node 2: sent no figures within 0.2 s")
+    assert any(n.startswith("node 2 sent no figures") for n in rec.notes)

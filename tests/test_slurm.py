@@ -83,21 +83,48 @@ def test_four_cells_run_as_jobs_and_a_job_slurm_kills_at_its_limit_is_a_timeout(
     assert len(read_jsonl(tmp_path / "out" / "results.jsonl")) == 5  # the second run added nothing
 
 
-def test_a_two_rank_cell_is_one_job_with_a_cpu_per_rank(tmp_path, slurm):
+def test_a_two_rank_cell_is_one_job_and_a_cell_over_two_real_nodes_measures_both(tmp_path, slurm):
+    """Partition nodes2: two slurmds on this host. A two-rank cell is one job with a CPU per rank; a cell over two
+    nodes is one job with a task on each, trains what the one-node cell trains, and its record has every node's
+    figures (fake NVML, one GPU per node: node 1's task samples its own and sends them to the first node)."""
+    import fake_nvml
+
+    if "nodes2" not in subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
+                                      env={**os.environ, **slurm}).stdout:  # fmt: skip
+        pytest.skip("the test cluster has no second node (this host is named localhost)")
     ddp = {"name": "lora", "r": 2, "distributed": {"nproc": 2, "strategy": "ddp"}}
-    path = suite(tmp_path, [ddp], name="ranks")
-    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=slurm, timeout=400)
+    nodes = {"name": "lora", "r": 2, "distributed": {"nproc": 1, "strategy": "ddp", "nnodes": 2}}
+    path = suite(tmp_path, [ddp, nodes], name="ranks", partition="nodes2")
+    data = yaml.safe_load(path.read_text())
+    data["defaults"]["device"] = "auto"  # auto: the fake GPUs are sampled, the ranks train on the CPU
+    path.write_text(yaml.safe_dump(data))
+    fake = {"devices": [{"name": "FakeGPU0"}], "tree_mib": 300, "node_tree_mib": {"1": 700}, "watts": 100}
+    env = {**slurm, **fake_nvml.env(fake)}
+    res = cli("run", str(path), "--out", str(tmp_path / "out"), env=env, timeout=400)
     assert res.returncode == 0, res.stderr + res.stdout
-    (rec,) = read_jsonl(tmp_path / "out" / "results.jsonl")
-    assert rec["status"] == "success" and rec["run_id"].endswith("--ddp2"), rec.get("error")
-    assert rec["env"]["slurm_job_id"] and rec["metrics"]["world_size"] == 2 and len(rec["ranks"]) == 2
+    recs = {r["run_id"].rsplit("--", 1)[-1]: r for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
+    one, two = recs["ddp2"], recs["ddp1x2"]
+    assert one["status"] == "success" and two["status"] == "success", (one.get("error"), two.get("error"))
+    assert one["env"]["slurm_job_id"] and one["metrics"]["world_size"] == 2 and len(one["ranks"]) == 2
     job = subprocess.run(
-        ["scontrol", "show", "job", rec["env"]["slurm_job_id"]],
+        ["scontrol", "show", "job", one["env"]["slurm_job_id"]],
         capture_output=True,
         text=True,
         env={**os.environ, **slurm},
     )
     assert job.returncode != 0 or "NumCPUs=2" in job.stdout or "MinCPUsNode=2" in job.stdout, job.stdout
+    # over two nodes: the same training, a rank on each node, each rank's row with its own node's GPU
+    assert two["env"]["distributed"]["nnodes"] == 2 and two["metrics"]["world_size"] == 2
+    assert two["loss_curve"] == pytest.approx(one["loss_curve"], rel=1e-3)
+    rows = sorted(two["ranks"], key=lambda r: r["node"])
+    assert [r["node"] for r in rows] == [0, 1] and len({r["host"] for r in rows}) == 2, rows
+    assert [r["train_peak_nvml_process_mib"] for r in rows] == [300, 700]
+    assert [n["host"] for n in two["nodes"]] == [r["host"] for r in rows]
+    m = two["metrics"]
+    assert m["train_peak_nvml_process_mib"] == 700  # the largest node's GPU
+    assert m["train_energy_j"] == pytest.approx(sum(n["train_energy_j"] for n in two["nodes"]))
+    assert m["train_peak_rss_mib"] == max(n["train_peak_rss_mib"] for n in two["nodes"]) > 0
+    assert one["nodes"] is None
 
 
 def slow_job(tmp_path, name, env):

@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.cell.comm import CommClock
 from bench.errors import Unsupported
-from bench.suite.defaults import DistributedOptions
+from bench.suite.defaults import NODE_RANK_ENV, DistributedOptions
 
 STAT_KEYS = ("timed_tokens", "timed_padded_tokens", "timed_samples", "all_tokens")  # summed over ranks
 
@@ -115,6 +115,7 @@ def gather_ranks(ranks: Ranks, stats: Any, memory: dict[str, Any]) -> list[dict[
     kinds = ranks.comm.by_kind()
     mine = {
         "rank": ranks.rank,
+        **where_this_rank_runs(ranks),
         "pid": os.getpid(),
         "step_times_s": stats.step_times_s,
         **{k: getattr(stats, k) for k in STAT_KEYS},
@@ -130,6 +131,16 @@ def gather_ranks(ranks: Ranks, stats: Any, memory: dict[str, Any]) -> list[dict[
     for key in STAT_KEYS:
         setattr(stats, key, sum(r[key] for r in every))
     return [{k: v for k, v in r.items() if k != "step_times_s"} | {"step_time_mean_s": _mean(r)} for r in every]
+
+
+def where_this_rank_runs(ranks: Ranks) -> dict[str, Any]:
+    """`node` (the Slurm node's index in the job, 0 on one node), `host` (its name) and `local_rank` (its GPU on
+    the node): what a rank's GPU figures are matched by. torchrun numbers ranks by rendezvous order, which need not
+    follow the nodes' order, so rank i is not the i-th GPU of a cell over several nodes."""
+    import socket
+
+    host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    return {"node": int(os.environ.get(NODE_RANK_ENV) or 0), "host": host, "local_rank": ranks.local_rank}
 
 
 def _mean(rank: dict[str, Any]) -> float | None:

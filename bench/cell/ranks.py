@@ -16,12 +16,10 @@ from typing import Any
 from bench.cell import PARENT_ENV, run_dir_argument
 from bench.results.cell_result import CellResult, Status
 from bench.results.rundir import RunDir
-from bench.suite.defaults import DistributedOptions
+from bench.suite.defaults import NODE_RANK_ENV, RDZV_ENV, RDZV_ID_ENV, DistributedOptions
 from bench.suite.spec import RunSpec
 
 MONITOR_S = 0.2  # how often torchrun checks its ranks (a dead rank ends the cell within this)
-# a cell over several nodes: one agent per node, told by the Slurm job its node and the rendezvous on the first node
-NODE_RANK_ENV, RDZV_ENV, RDZV_ID_ENV = "PEFT_BENCH_NODE_RANK", "PEFT_BENCH_RDZV_ENDPOINT", "PEFT_BENCH_RDZV_ID"
 
 
 def torchrun_args(spec: RunSpec, run_dir: Path) -> list[str]:

@@ -34,6 +34,18 @@ class GpuSlot:
         return {"CUDA_VISIBLE_DEVICES": self.uuid, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
+def job_gpus(spec: Any) -> tuple[Any, str | None, list[GpuSlot]]:
+    """(NVML backend or None, why not, the GPUs a job's cell holds on this node): the allocation in its order
+    (CUDA_VISIBLE_DEVICES), its first `nproc` for a distributed GPU cell, else its first; none without a GPU or
+    for a `device: cpu` cell (no GPU is sampled for it, as on the local executor)."""
+    if spec.device == "cpu":
+        return None, "a device: cpu cell: no GPU is sampled", []
+    backend, reason = nvml.open_backend()
+    slots = [s for s in resolve_slots(backend, None, inherited_visible_devices()) if s is not None]
+    nproc = spec.distributed["nproc"] if spec.distributed and spec.device != "cpu" else 1
+    return backend, reason, slots[:nproc]
+
+
 def resolve_slots(backend: Any, requested: list[int] | None, inherited: str | None) -> list[GpuSlot | None]:
     """The GPU slots to use, in order; [None] (one CPU slot) without NVML or with no GPU visible."""
     if backend is None:

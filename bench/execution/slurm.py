@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.execution.base import RunContext
+from bench.execution.nodes import join_node, nnodes, run_other_node, take_in
 from bench.execution.slurm_queue import SubmissionError, final_state, partition_has_gpus, queue_states, scancel
 from bench.results.record import CellExit, Record, Status, build_record
 from bench.results.rundir import RunDir, write_json_atomic
@@ -32,24 +33,21 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     """Entry point on the allocated node: one cell, supervised as the local executor does it.
 
     Slurm ends a job (scancel, time limit) with SIGTERM to its processes: the cell is stopped and cleaned up, and
-    the job exits without a result, so the runner records Slurm's own verdict (canceled / timeout)."""
+    the job exits without a result, so the runner records Slurm's own verdict (canceled / timeout). A cell over
+    several nodes has a task per node: the first supervises it, the others run and measure their node's ranks
+    (bench.execution.nodes) and return nothing."""
     import signal
 
     from bench.env.facts import base_env
-    from bench.execution.gpus import inherited_visible_devices, resolve_slots
+    from bench.execution.gpus import job_gpus
     from bench.execution.launchers import SpawnLauncher
     from bench.execution.supervise import CellJob, supervise_cell
-    from bench.trackers import nvml
 
     spec = RunSpec.from_json(spec_json)
-    if spec.distributed and spec.distributed.get("nnodes", 1) > 1 and not _first_node(spec, run_dir):
-        return ""  # a node other than the first: its agent ran its ranks; the first node's task has the record
-    backend, reason = nvml.open_backend()
-    slots = resolve_slots(backend, None, inherited_visible_devices())  # Slurm's allocation, in its order
-    slot = slots[0]
-    # a distributed GPU cell holds its node's `nproc` GPUs: every one visible to its ranks and sampled by NVML
-    nproc = spec.distributed["nproc"] if spec.distributed and spec.device != "cpu" else 1
-    more = tuple(s for s in slots[1:nproc] if s is not None)
+    if nnodes(spec) > 1 and (node := join_node()) > 0:
+        run_other_node(spec, run_dir, node, nvml_interval_s)
+        return ""  # the first node's task has the record
+    backend, reason, slots = job_gpus(spec)  # a distributed GPU cell holds its node's `nproc` GPUs
     env = base_env()
     if backend is not None:
         env["gpu_driver"] = backend.driver()
@@ -60,43 +58,21 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
         spec=spec,
         run_dir=RunDir(Path(run_dir)),
         launcher=SpawnLauncher(),
-        slot=slot,
+        slot=slots[0] if slots else None,
         backend=backend,
         nvml_reason=reason,
         nvml_interval_s=nvml_interval_s,
         env_parent=env,
         should_stop=lambda: bool(ended_by_slurm),
         progress=lambda line: print(line, flush=True),  # into the job's log (`squeue`/`sacct` show it is running)
-        more_slots=more,
+        more_slots=tuple(slots[1:]),
     )
     record = supervise_cell(job)
     if ended_by_slurm:
         os._exit(143)  # no result: Slurm's state (CANCELLED, TIMEOUT) is the verdict
+    if nnodes(spec) > 1:
+        record = take_in(record, Path(run_dir), nnodes(spec))
     return json.dumps(record.to_dict(), default=str)
-
-
-def _first_node(spec: RunSpec, run_dir: str) -> bool:
-    """A cell over several nodes (one Slurm task per node): every task learns its node and the rendezvous on the
-    first node; the first supervises the cell as a one-node cell is (its agent is this node's), the others run
-    their node's agent until it ends (killed with it when Slurm ends the job). True on the first node."""
-    import signal
-    import subprocess
-
-    import submitit
-
-    from bench.cell.ranks import NODE_RANK_ENV, RDZV_ENV, RDZV_ID_ENV
-
-    job = submitit.JobEnvironment()
-    port = 29400 + int(str(job.job_id).split("_")[0]) % 1000  # one rendezvous per job, on the first node
-    os.environ.update(
-        {NODE_RANK_ENV: str(job.node), RDZV_ENV: f"{job.hostnames[0]}:{port}", RDZV_ID_ENV: str(job.job_id)}
-    )
-    if job.node == 0:
-        return True
-    agent = subprocess.Popen([sys.executable, "-m", "bench.cell.ranks", run_dir], start_new_session=True)
-    signal.signal(signal.SIGTERM, lambda *_: os.killpg(agent.pid, signal.SIGKILL))
-    agent.wait()
-    return False
 
 
 def never_ran(spec: RunSpec, ctx: RunContext, status: Status, message: str, job_id: str | None) -> Record:

@@ -207,15 +207,19 @@ def cleanup(proc: CellProcess, watch: TreeWatch, token: str, since: float, job: 
 def make_trackers(job: CellJob) -> list[Tracker]:
     """What the supervisor measures from outside the cell: its GPU through NVML (nulls with the reason without
     one) and its process tree's resident memory."""
-    index = job.slot.index if job.slot else 0
-    nvml_tracker: Tracker = nvml.NvmlTracker(job.backend, index, job.nvml_interval_s, job.nvml_reason)
-    if job.slot is not None and job.more_slots:  # a distributed GPU cell: every GPU it holds, rank i on the i-th
+    slots = (job.slot, *job.more_slots) if job.slot is not None else ()
+    return node_trackers(job.backend, slots, job.nvml_interval_s, job.nvml_reason)
+
+
+def node_trackers(backend: Any, slots: tuple[GpuSlot, ...], interval_s: float, reason: str | None) -> list[Tracker]:
+    """NVML of the GPUs a cell holds on this node (rank i on the i-th; none: GPU figures null with the reason), the
+    resident memory of its process tree, and the machine's CPU load."""
+    index = slots[0].index if slots else 0
+    nvml_tracker: Tracker = nvml.NvmlTracker(backend, index, interval_s, reason)
+    if len(slots) > 1:  # a distributed GPU cell: every GPU it holds, rank i on the i-th
         from bench.trackers.multi_gpu import MultiGpuTracker
 
-        slots = (job.slot, *job.more_slots)
-        nvml_tracker = MultiGpuTracker(
-            [nvml.NvmlTracker(job.backend, s.index, job.nvml_interval_s, job.nvml_reason) for s in slots]
-        )
+        nvml_tracker = MultiGpuTracker([nvml.NvmlTracker(backend, s.index, interval_s, reason) for s in slots])
     return [nvml_tracker, RssTracker(), CpuLoadTracker()]
 
 

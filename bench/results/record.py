@@ -76,8 +76,13 @@ class Record:
         "time of each timed (post-warm-up) optimizer step (distributed cells: the slowest rank's)"
     )
     ranks: list[dict[str, Any]] | None = _f(
-        "distributed cells: per rank, its peaks (`peak_rss_mib`, torch's; on GPUs its GPU's NVML training peaks and "
-        "energy), mean step time, tokens (null: one process)"
+        "distributed cells: per rank, where it ran (`node`, `host`, `local_rank`), its peaks (`peak_rss_mib`, torch's; "
+        "on GPUs its GPU's NVML training peaks and energy), mean step time, tokens, collectives (null: one process)"
+    )
+    nodes: list[dict[str, Any]] | None = _f(
+        "cells over several nodes: per node, `{node, host, nvml_gpu_indices}` and what was measured there "
+        "(`train_peak_rss_mib` of its process tree, its GPUs' `train_peak_nvml_mib` / `train_peak_nvml_process_mib`, "
+        "`train_energy_j`); the headline memory is the largest node's, the energy the nodes' sum (null: one node)"
     )
     checkpoint: dict[str, Any] | None = _f(
         "what was saved: `{saved, dtype?, files, weight_bytes, total_bytes}` or `{error}`"
@@ -196,12 +201,17 @@ def build_record(
     return rec
 
 
-def with_gpu_figures(ranks: list[dict[str, Any]] | None, per_gpu: list[dict[str, Any]] | None) -> Any:
-    """A multi-GPU cell's rows: rank i's gets the NVML figures of the i-th GPU the cell held."""
+def with_gpu_figures(ranks: list[dict[str, Any]] | None, per_gpu: list[dict[str, Any]] | None, node: int = 0) -> Any:
+    """A multi-GPU cell's rows: the rank with local rank i on `node` gets the NVML figures of the i-th GPU that node
+    held (a row without `node`/`local_rank` is a one-node rank: node 0, local rank = rank). Every row is kept."""
     if not ranks or not per_gpu:
         return ranks
-    by_rank = {row.get("rank", i): row for i, row in enumerate(ranks)}
-    return [{**by_rank.get(i, {"rank": i}), **figures} for i, figures in enumerate(per_gpu)]
+    out = []
+    for i, row in enumerate(ranks):
+        local = row.get("local_rank", row.get("rank", i))
+        mine = row.get("node", 0) == node and local is not None and 0 <= local < len(per_gpu)
+        out.append({**row, **per_gpu[local]} if mine else row)
+    return out
 
 
 def schema_markdown(plugin_specs: tuple[MetricSpec, ...] = ()) -> str:

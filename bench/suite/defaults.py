@@ -41,6 +41,8 @@ class CompileOptions:
 
 
 STRATEGIES = ("ddp", "fsdp")  # `distributed.strategy`
+# a cell over several nodes: one agent per node, told by the Slurm job its node and the rendezvous on the first node
+NODE_RANK_ENV, RDZV_ENV, RDZV_ID_ENV = "PEFT_BENCH_NODE_RANK", "PEFT_BENCH_RDZV_ENDPOINT", "PEFT_BENCH_RDZV_ID"
 
 
 @dataclass

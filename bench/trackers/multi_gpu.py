@@ -49,17 +49,20 @@ class MultiGpuTracker:
         return Measured(metrics, missing, per_phase, notes, per_gpu)
 
 
-def combine(metrics: list[dict[str, Any]], missing: list[dict[str, str]]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The cell's figures from each GPU's: LARGEST keys the max, SUMMED keys the sum, others the first GPU's; null
-    where any GPU has no figure (with that GPU's reason)."""
+def combine(
+    metrics: list[dict[str, Any]], missing: list[dict[str, str]], unit: str = "GPU", largest: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The cell's figures from each GPU's (or node's: `unit`): LARGEST and `largest` keys the max, SUMMED keys the
+    sum, others the first's; null where any one has no figure (with its reason)."""
     out, why = dict(metrics[0]), dict(missing[0])
-    for key in {k for m in metrics for k in m} & {*LARGEST, *SUMMED}:
+    maxed = {*LARGEST, *largest}
+    for key in {k for m in metrics for k in m} & {*maxed, *SUMMED}:
         values = [m.get(key) for m in metrics]
         if None in values:
-            gpu = values.index(None)
+            i = values.index(None)
             out[key] = None
-            why[key] = f"GPU {gpu}: {missing[gpu].get(key) or 'no figure'}"
+            why[key] = f"{unit} {i}: {missing[i].get(key) or 'no figure'}"
             continue
-        out[key] = max(values) if key in LARGEST else sum(values)
+        out[key] = max(values) if key in maxed else sum(values)
         why.pop(key, None)
     return out, why

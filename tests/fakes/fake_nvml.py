@@ -5,6 +5,7 @@ change it while a suite runs):
   {"devices": [{"name", "uuid", "used_mib", "processes": [{"pid", "used_mib"}]}],
    "tree_mib": N,        reported for every running cell process and added to used_mib (a device's own
                          "tree_mib" overrides it for that device)
+   "node_tree_mib": {"K": N},  overrides both in a Slurm task of node K (PEFT_BENCH_NODE_RANK: a cell over nodes)
    "tree_report": "none" (cell processes listed with usedGpuMemory None) | "hidden" (not listed: another PID
                   namespace); device memory still rises by tree_mib
    "fail_from_call": K,  every used_mib call from the K-th on raises (a GPU fallen off the bus)
@@ -108,7 +109,8 @@ class FakeNvml:
         return float(self._dev(index).get("used_mib", 0)) + tree
 
     def _tree_mib(self, index: int) -> float:
-        return self._dev(index).get("tree_mib", self.config.get("tree_mib", 0))
+        node = self.config.get("node_tree_mib", {}).get(os.environ.get("PEFT_BENCH_NODE_RANK", ""))
+        return node if node is not None else self._dev(index).get("tree_mib", self.config.get("tree_mib", 0))
 
     def total_mib(self, index: int) -> float:
         return float(self._dev(index).get("total_mib", 81920))
