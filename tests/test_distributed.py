@@ -31,6 +31,7 @@ def test_ddp_lora_and_fsdp_full_follow_the_one_process_loss_curve(tmp_path):
     text = path.read_text() + (
         "include:\n  - {method: lora, distributed: {nproc: 2, strategy: ddp}}\n"
         "  - {method: full, distributed: {nproc: 2, strategy: fsdp}}\n"
+        "  - {method: lora, distributed: {nproc: 2, strategy: ddp}, compile: {backend: aot_eager}}\n"
     )
     path.write_text(text)
     res = cli("run", str(path), "--out", str(tmp_path / "out"))
@@ -57,6 +58,12 @@ def test_ddp_lora_and_fsdp_full_follow_the_one_process_loss_curve(tmp_path):
         kinds = {"ddp": {"all_reduce"}, "fsdp": {"all_gather", "reduce_scatter"}}[strategy]
         assert all(set(r["comm_s_by_kind"]) == kinds and r["comm_s"] > 0 for r in two["ranks"]), two["ranks"]
         assert 0 < m2["comm_share"] < 1
+    # compiled DDP (the DDP module compiled, as torch's docs do): the same curve, one all-reduce per effective batch
+    compiled = recs[one_id.format("lora") + "--compile-aot_eager--ddp2"]
+    assert compiled["status"] == "success", compiled.get("error")
+    assert compiled["loss_curve"] == pytest.approx(recs[one_id.format("lora")]["loss_curve"], rel=1e-3)
+    assert compiled["metrics"]["compiled_graphs"] >= 1 and compiled["metrics"]["compile_overhead_s"] is not None
+    assert [r["comm_calls"] for r in compiled["ranks"]] == [len(compiled["step_times_s"])] * 2
     ranks_dirs = list((tmp_path / "out" / "runs").glob("*fsdp2/ranks/1/result.json"))
     assert len(ranks_dirs) == 1  # rank 1 kept its own result beside rank 0's
 
@@ -361,3 +368,18 @@ def test_the_first_node_takes_in_every_nodes_figures_and_a_silent_node_nulls_the
     assert rec.metrics["train_peak_rss_mib"] is None and rec.metrics["train_energy_j"] is None
     assert rec.missing_reason["train_energy_j"].startswith("node 2: sent no figures within 0.2 s")
     assert any(n.startswith("node 2 sent no figures") for n in rec.notes)
+
+
+def test_compile_runs_on_a_ddp_cell_and_is_refused_on_an_fsdp_one_and_lm_eval_on_both():
+    data = suite_data(nproc=2, strategy="fsdp")
+    data["defaults"].update(compile={"backend": "aot_eager"}, warmup_steps=1)
+    with pytest.raises(SuiteError) as err:
+        parse_suite(data, "s.yaml", [])
+    assert "compile is not combined with FSDP cells yet; use strategy ddp for it" in str(err.value)
+    data["matrix"]["distributed"] = [{"nproc": 2, "strategy": "ddp"}]
+    (spec,) = expand(parse_suite(data, "s.yaml", []))
+    assert spec.compile and spec.run_id.endswith("--compile-aot_eager--ddp2")
+    data["defaults"]["lm_eval"] = {"tasks": ["x"]}
+    with pytest.raises(SuiteError) as err:
+        parse_suite(data, "s.yaml", [])
+    assert "lm_eval is not combined with distributed cells yet" in str(err.value)

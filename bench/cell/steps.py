@@ -206,7 +206,7 @@ def phase_apply(c: Cell) -> None:
         c.result.notes.append(f"estimate_activations_mib by {estimate.activations_basis}")
     if spec.grad_ckpt:
         enable_grad_ckpt(c.model, c.method)
-    if spec.compile:
+    if spec.compile and not c.ranks:  # a DDP cell compiles its DDP module (below), as torch's DDP docs do
         from bench.cell.compiled import compile_model
 
         compile_model(c.model, spec.compile)
@@ -220,6 +220,10 @@ def phase_apply(c: Cell) -> None:
 
         c.metrics["world_size"] = c.ranks.world
         c.train_model = wrap(c.model, c.ranks, c.precision.mixed_precision, c.device)
+        if spec.compile:  # dynamo's DDPOptimizer splits the graph at DDP's buckets so all-reduces overlap compute
+            from bench.cell.compiled import compile_model
+
+            compile_model(c.train_model, spec.compile)
 
 
 def method_context(c: Cell) -> Any:
