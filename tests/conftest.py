@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,25 @@ def unexplained_nulls(rec: dict[str, Any]) -> list[str]:
     """Metrics of a record that are null without a `missing_reason` (the promise: null with the reason, never 0)."""
     reasons = rec.get("missing_reason") or {}
     return sorted(k for k, v in (rec.get("metrics") or {}).items() if v is None and not reasons.get(k))
+
+
+WORDS = "red blue green cat dog sun moon tree fish bird".split()
+
+
+def mc_task(tmp_path, n=24):
+    """A multiple-choice task YAML over a local JSONL, in its own include_path."""
+    rng = random.Random(0)
+    items = []
+    for _ in range(n):
+        choices = rng.sample(WORDS, 4)
+        items.append({"question": f"which comes first : {' '.join(choices)} ?", "choices": choices, "answer": 0})
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(json.dumps(i) for i in items))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mc.yaml").write_text(
+        f"task: local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        'output_type: multiple_choice\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n'
+    )
+    return items, str(tasks)

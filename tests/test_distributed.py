@@ -15,7 +15,7 @@ import pytest
 
 from bench.errors import SuiteError
 from bench.suite.load import expand, parse_suite
-from conftest import cli, make_suite, read_jsonl
+from conftest import cli, make_suite, mc_task, read_jsonl
 
 DDP2, FSDP2 = {"nproc": 2, "strategy": "ddp"}, {"nproc": 2, "strategy": "fsdp"}
 SMALL = dict(steps=5, warmup_steps=2, batch_size=8, seq_len=24, eval_before=False, device="cpu")
@@ -291,6 +291,9 @@ def test_two_nodes_meet_at_the_first_nodes_rendezvous_and_train_what_one_process
     data["matrix"]["distributed"] = [None, {"nproc": 1, "strategy": "ddp", "nnodes": 2}]
     data["defaults"].update(steps=4, warmup_steps=1, seq_len=24, eval_before=False, save_checkpoint=False)
     data["defaults"]["inference"] = {"new_tokens": 4}  # rank 0's, after the other node's rank ended
+    _, include = mc_task(tmp_path, n=8)  # lm-eval on every rank's replica: the score one process gives
+    data["defaults"]["lm_eval"] = {"tasks": ["local_mc"], "include_path": include}
+    data["matrix"]["model"] = [{"name": "tiny-llama", "tokenizer": "minilm-l6"}]
     one, two = expand(parse_suite(data, "s.yaml", []))
     assert two.run_id.endswith("--ddp1x2") and two.world_size == 2
     dirs = {}
@@ -313,6 +316,8 @@ def test_two_nodes_meet_at_the_first_nodes_rendezvous_and_train_what_one_process
     assert rec.loss_curve == pytest.approx(reference.loss_curve, rel=1e-3)
     assert [r["rank"] for r in rec.ranks] == [0, 1]
     assert rec.metrics["inference_tokens_per_s_merged"] > 0 and reference.metrics["inference_tokens_per_s_merged"] > 0
+    score = rec.metrics["lm_eval_local_mc_acc_after"]
+    assert score is not None and score == reference.metrics["lm_eval_local_mc_acc_after"]
 
 
 def test_a_cell_over_two_nodes_is_refused_off_slurm(tmp_path, capsys):
@@ -370,16 +375,13 @@ def test_the_first_node_takes_in_every_nodes_figures_and_a_silent_node_nulls_the
     assert any(n.startswith("node 2 sent no figures") for n in rec.notes)
 
 
-def test_compile_runs_on_a_ddp_cell_and_is_refused_on_an_fsdp_one_and_lm_eval_on_both():
+def test_compile_and_lm_eval_run_on_a_ddp_cell_and_are_refused_on_an_fsdp_one(tmp_path):
     data = suite_data(nproc=2, strategy="fsdp")
-    data["defaults"].update(compile={"backend": "aot_eager"}, warmup_steps=1)
+    data["defaults"].update(compile={"backend": "aot_eager"}, warmup_steps=1, lm_eval={"tasks": ["x"]})
     with pytest.raises(SuiteError) as err:
         parse_suite(data, "s.yaml", [])
-    assert "compile is not combined with FSDP cells yet; use strategy ddp for it" in str(err.value)
+    for knob in ("compile", "lm_eval"):
+        assert f"{knob} is not combined with FSDP cells yet; use strategy ddp for it" in str(err.value)
     data["matrix"]["distributed"] = [{"nproc": 2, "strategy": "ddp"}]
     (spec,) = expand(parse_suite(data, "s.yaml", []))
-    assert spec.compile and spec.run_id.endswith("--compile-aot_eager--ddp2")
-    data["defaults"]["lm_eval"] = {"tasks": ["x"]}
-    with pytest.raises(SuiteError) as err:
-        parse_suite(data, "s.yaml", [])
-    assert "lm_eval is not combined with distributed cells yet" in str(err.value)
+    assert spec.compile and spec.lm_eval and spec.run_id.endswith("--compile-aot_eager--ddp2")

@@ -4,34 +4,12 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from conftest import cli, make_suite
+from conftest import cli, make_suite, mc_task
 
 pytest.importorskip("lm_eval")  # a dev dependency: CI has it; `pip install -e .[lm-eval]` elsewhere
-
-WORDS = "red blue green cat dog sun moon tree fish bird".split()
-
-
-def mc_task(tmp_path, n=24):
-    """A multiple-choice task YAML over a local JSONL, in its own include_path."""
-    rng = random.Random(0)
-    items = []
-    for _ in range(n):
-        choices = rng.sample(WORDS, 4)
-        items.append({"question": f"which comes first : {' '.join(choices)} ?", "choices": choices, "answer": 0})
-    data = tmp_path / "items.jsonl"
-    data.write_text("\n".join(json.dumps(i) for i in items))
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "mc.yaml").write_text(
-        f"task: local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-        'output_type: multiple_choice\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
-        'doc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n'
-    )
-    return items, str(tasks)
 
 
 def direct_accuracy(model, tok, items):

@@ -177,10 +177,10 @@ def distributed_problems(where: str, spec: RunSpec) -> list[str]:
             f"{where}: {label}: batch_size {spec.batch_size} is not divisible by grad_accum x ranks "
             f"({spec.grad_accum} x {world}): every rank takes an equal share of each micro-batch"
         )
-    if spec.lm_eval:
-        out.append(f"{where}: {label}: lm_eval is not combined with distributed cells yet")
-    if spec.compile and spec.distributed["strategy"] == "fsdp":
-        out.append(f"{where}: {label}: compile is not combined with FSDP cells yet; use strategy ddp for it")
+    fsdp = spec.distributed["strategy"] == "fsdp"
+    for knob in ("compile", "lm_eval"):  # DDP: every rank holds the whole model
+        if getattr(spec, knob) and fsdp:
+            out.append(f"{where}: {label}: {knob} is not combined with FSDP cells yet; use strategy ddp for it")
     if spec.inference and spec.distributed["strategy"] == "fsdp":  # DDP: rank 0 generates with its full replica
         out.append(f"{where}: {label}: inference needs the whole model on one rank; use strategy ddp for it")
     if spec.distributed["strategy"] == "fsdp" and spec.precision in QUANTIZED:
