@@ -351,7 +351,8 @@ def test_the_first_node_takes_in_every_nodes_figures_and_a_silent_node_nulls_the
 
     def record():
         metrics = {"train_peak_rss_mib": 500.0, "train_peak_nvml_process_mib": 300.0, "train_energy_j": 2.0}
-        rows = [{"rank": 0, "node": 1, "local_rank": 0}, {"rank": 1, "node": 0, "local_rank": 0}]
+        node0 = {"train_peak_nvml_process_mib": 300.0}  # the first node's own GPU, as its supervisor recorded it
+        rows = [{"rank": 0, "node": 1, "local_rank": 0}, {"rank": 1, "node": 0, "local_rank": 0, **node0}]
         return Record(run_id="x", metrics=metrics, gpu_index=0, ranks=rows)
 
     def send(node, job, rss, nvml, energy):
@@ -385,3 +386,19 @@ def test_compile_and_lm_eval_run_on_a_ddp_cell_and_are_refused_on_an_fsdp_one(tm
     data["matrix"]["distributed"] = [{"nproc": 2, "strategy": "ddp"}]
     (spec,) = expand(parse_suite(data, "s.yaml", []))
     assert spec.compile and spec.lm_eval and spec.run_id.endswith("--compile-aot_eager--ddp2")
+
+
+def test_another_node_starts_its_agent_only_once_the_first_set_up_this_jobs_run_dir(tmp_path, monkeypatch):
+    """A Slurm job's tasks start together: an agent started before the first node moved the earlier attempt away and
+    wrote spec.json read no spec (or a stale one) and the cell waited out the rendezvous timeout."""
+    from bench.execution.nodes import mark_ready, node_file, run_other_node, wait_until_ready
+
+    (spec,) = expand(parse_suite(suite_data(nproc=1, strategy="ddp", nnodes=2, timeout_s=0.5), "s.yaml", []))
+    monkeypatch.setenv("SLURM_JOB_ID", "6")
+    mark_ready(tmp_path)  # an earlier job's attempt
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    assert not wait_until_ready(tmp_path, 0.3)
+    run_other_node(spec, str(tmp_path), 1, 0.01)  # gives up at the cell's rendezvous timeout, starting nothing
+    assert not node_file(tmp_path, 1).exists() and not (tmp_path / "ranks").exists()
+    mark_ready(tmp_path)
+    assert wait_until_ready(tmp_path, 0.3)

@@ -24,10 +24,10 @@ from typing import Any
 from bench.results.rundir import RunDir, write_json_atomic
 from bench.suite.spec import RunSpec
 from bench.trackers import Measured
-from bench.trackers.multi_gpu import LARGEST, SUMMED, combine
+from bench.trackers.multi_gpu import LARGEST, SUMMED, combine, rank_rows
 from bench.trackers.phases import read_marks
 
-MEASURED = "measured.json"
+MEASURED, READY = "measured.json", "ready.json"
 WAIT_S = 120.0  # how long the first node waits for the others' figures after its own agent ended
 RSS_LARGEST = ("peak_rss_tree_mib", "train_peak_rss_mib", "rss_at_train_start_mib", "train_rss_growth_mib")
 NODE_KEYS = (*LARGEST, *SUMMED, *RSS_LARGEST)
@@ -61,12 +61,47 @@ def node_file(run_dir: Path, node: int) -> Path:
     return Path(run_dir) / "nodes" / str(node) / MEASURED
 
 
+def mark_ready(run_dir: Path) -> None:
+    """The first node: the run dir is this job's attempt now (an earlier attempt's files moved away, spec.json
+    written); the other nodes wait for this before they start their agents."""
+    path = Path(run_dir) / "nodes" / READY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"job_id": os.environ.get("SLURM_JOB_ID"), "host": host()})
+
+
+def wait_until_ready(run_dir: Path, timeout_s: float) -> bool:
+    """Whether the first node marked the run dir ready for this job within `timeout_s` (its tasks start together,
+    but an agent started before the first node has set up the attempt would read no spec, or a stale one)."""
+    return _wait_for_json(Path(run_dir) / "nodes" / READY, time.monotonic() + timeout_s) is not None
+
+
+def _wait_for_json(path: Path, deadline: float) -> dict[str, Any] | None:
+    """The file's JSON once it is there and of this Slurm job (another job's is stale), or None at the deadline."""
+    import json
+
+    job = os.environ.get("SLURM_JOB_ID")
+    while True:
+        try:
+            data = json.loads(path.read_text())
+            if not job or data.get("job_id") in (None, job):
+                return data
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
 def run_other_node(spec: RunSpec, run_dir: str, node: int, nvml_interval_s: float) -> None:
-    """A node other than the first: its agent runs this node's ranks (killed with this task when Slurm ends the
-    job); NVML and RSS watch them; what they measured goes to nodes/K/measured.json for the first node's record."""
+    """A node other than the first: once the first node has set up the run dir, its agent runs this node's ranks
+    (killed with this task when Slurm ends the job); NVML and RSS watch them; what they measured goes to
+    nodes/K/measured.json for the first node's record."""
     from bench.execution.gpus import job_gpus
     from bench.execution.supervise import cell_env, node_trackers
 
+    if not wait_until_ready(Path(run_dir), spec.distributed.get("timeout_s", 300)):
+        print(f"node {node}: the first node did not set up {run_dir} in time; no agent started", flush=True)
+        return
     backend, reason, slots = job_gpus(spec)
     token = f"{spec.run_id}:{os.environ.get('SLURM_JOB_ID')}:node{node}"
     env = cell_env(spec, slots[0] if slots else None, token, tuple(slots[1:]))
@@ -95,15 +130,10 @@ def run_other_node(spec: RunSpec, run_dir: str, node: int, nvml_interval_s: floa
             "nvml_gpu_indices": [s.index for s in slots],
             "metrics": measured.metrics,
             "missing": measured.missing,
-            "per_gpu": measured.per_gpu or ([row_of(measured.metrics)] if slots else None),
+            "per_gpu": rank_rows(measured, len(slots)),
             "notes": measured.notes,
         },
     )
-
-
-def row_of(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A one-GPU node's figures for its rank's row (a multi-GPU node's trackers give one row per GPU)."""
-    return {k: metrics.get(k) for k in ("train_peak_nvml_mib", "train_peak_nvml_process_mib", "train_energy_j")}
 
 
 def attribute(trackers: list[Any], rd: RunDir) -> Measured:
@@ -123,25 +153,8 @@ def attribute(trackers: list[Any], rd: RunDir) -> Measured:
 
 def wait_for_nodes(run_dir: Path, count: int, wait_s: float) -> dict[int, dict[str, Any] | None]:
     """Every other node's measured.json of this job (None: not there within `wait_s`, shared by all nodes)."""
-    import json
-
-    deadline, job = time.monotonic() + wait_s, os.environ.get("SLURM_JOB_ID")
-    out: dict[int, dict[str, Any] | None] = {}
-    for node in range(1, count):
-        path, data = node_file(run_dir, node), None
-        while data is None:
-            try:
-                data = json.loads(path.read_text())
-                if job and data.get("job_id") not in (None, job):  # an earlier job's file: not this cell's
-                    data = None
-            except (OSError, ValueError):
-                data = None
-            if data is None and time.monotonic() > deadline:
-                break
-            if data is None:
-                time.sleep(0.2)
-        out[node] = data
-    return out
+    deadline = time.monotonic() + wait_s
+    return {node: _wait_for_json(node_file(run_dir, node), deadline) for node in range(1, count)}
 
 
 def take_in(record: Any, run_dir: Path, count: int, wait_s: float = WAIT_S) -> Any:
@@ -159,8 +172,6 @@ def take_in(record: Any, run_dir: Path, count: int, wait_s: float = WAIT_S) -> A
         "metrics": {k: record.metrics.get(k) for k in NODE_KEYS if k in record.metrics},
         "missing": {k: v for k, v in record.missing_reason.items() if k in NODE_KEYS},
     }
-    if first["nvml_gpu_indices"] and not any("train_peak_nvml_mib" in r for r in record.ranks or []):
-        record.ranks = with_gpu_figures(record.ranks, [row_of(record.metrics)])  # one GPU: the node's figures
     nodes = [first]
     for node, data in others.items():
         if data is None:

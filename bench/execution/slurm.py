@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.execution.base import RunContext
-from bench.execution.nodes import join_node, nnodes, run_other_node, take_in
+from bench.execution.nodes import join_node, mark_ready, nnodes, run_other_node, take_in
 from bench.execution.slurm_queue import SubmissionError, final_state, partition_has_gpus, queue_states, scancel
 from bench.results.record import CellExit, Record, Status, build_record
 from bench.results.rundir import RunDir, write_json_atomic
@@ -66,6 +66,7 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
         should_stop=lambda: bool(ended_by_slurm),
         progress=lambda line: print(line, flush=True),  # into the job's log (`squeue`/`sacct` show it is running)
         more_slots=tuple(slots[1:]),
+        ready=(lambda: mark_ready(Path(run_dir))) if nnodes(spec) > 1 else (lambda: None),
     )
     record = supervise_cell(job)
     if ended_by_slurm:

@@ -25,6 +25,7 @@ from bench.results.rundir import RunDir
 from bench.suite.spec import RunSpec
 from bench.trackers import Measured, Tracker, nvml
 from bench.trackers.cpu_load import CpuLoadTracker, noise_verdict
+from bench.trackers.multi_gpu import rank_rows
 from bench.trackers.phases import read_marks
 from bench.trackers.rss import RssTracker
 
@@ -48,6 +49,7 @@ class CellJob:
     progress: Callable[[str], None] = lambda line: None  # where "still running" lines go (the runner's progress)
     heartbeat_s: float = HEARTBEAT_S
     more_slots: tuple[GpuSlot, ...] = ()  # a distributed GPU cell's other GPUs (NVML samples `slot`'s)
+    ready: Callable[[], None] = lambda: None  # called once the run dir is this attempt's, before the launch
 
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -111,6 +113,7 @@ def supervise_cell(job: CellJob) -> Record:
     spec, rd = job.spec, job.run_dir
     attempt = rd.new_attempt()
     rd.spec.write_text(spec.to_json())
+    job.ready()
     token = f"{spec.run_id}:{attempt}:{uuid.uuid4().hex[:8]}"
     started_at, started_unix, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.time(), time.perf_counter()
     trackers = make_trackers(job)
@@ -243,10 +246,11 @@ def parent_view(job: CellJob, trackers: list[Tracker], child: CellResult | None,
     if job.slot is not None:
         env.update(nvml_gpu_name=job.slot.name, nvml_gpu_uuid=job.slot.uuid)
     phase_figs = {k: {**v, **measured.per_phase.get(k, {})} for k, v in phases.items()}
-    if measured.per_gpu is not None:
+    per_gpu = rank_rows(measured, 1 + len(job.more_slots)) if job.spec.distributed and job.slot else None
+    if per_gpu is not None:
         env["nvml_gpu_indices"] = [s.index for s in (job.slot, *job.more_slots) if s is not None]
     return {
-        "per_gpu": measured.per_gpu,
+        "per_gpu": per_gpu,
         "metrics": measured.metrics,
         "missing_reason": measured.missing,
         "phases": phase_figs,

@@ -49,6 +49,14 @@ class MultiGpuTracker:
         return Measured(metrics, missing, per_phase, notes, per_gpu)
 
 
+def rank_rows(measured: Measured, gpus: int) -> list[dict[str, Any]] | None:
+    """Each GPU's figures for its rank's row: the multi-GPU tracker's, or one GPU's own (its figures are the cell's
+    on that node); None without a GPU."""
+    if measured.per_gpu is not None or gpus != 1:
+        return measured.per_gpu
+    return [{k: measured.metrics.get(k) for k in PER_RANK}]
+
+
 def combine(
     metrics: list[dict[str, Any]], missing: list[dict[str, str]], unit: str = "GPU", largest: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], dict[str, str]]:
