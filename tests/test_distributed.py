@@ -402,3 +402,25 @@ def test_another_node_starts_its_agent_only_once_the_first_set_up_this_jobs_run_
     assert not node_file(tmp_path, 1).exists() and not (tmp_path / "ranks").exists()
     mark_ready(tmp_path)
     assert wait_until_ready(tmp_path, 0.3)
+
+
+def test_the_fit_check_weighs_a_distributed_cell_against_its_tightest_gpu(tmp_path):
+    from bench.execution.base import RunContext
+    from bench.execution.gpus import GpuSlot
+    from bench.execution.local import FitCheck
+    from bench.results.rundir import OutDir
+
+    class Backend:  # GPU 0 empty, GPU 1 nearly full
+        def total_mib(self, index):
+            return 81920.0
+
+        def used_mib(self, index):
+            return 81700.0 if index == 1 else 0.0
+
+    (spec,) = expand(parse_suite(suite_data(nproc=2, strategy="ddp"), "s.yaml", []))
+    fits = FitCheck(Backend(), [spec])
+    ctx = RunContext(out=OutDir(tmp_path), on_record=print, progress=print, should_stop=lambda: False)
+    gpu0, gpu1 = GpuSlot(0, "GPU-0", "G"), GpuSlot(1, "GPU-1", "G")
+    assert fits.refuse(spec, gpu0, ctx) is None  # GPU 0 alone has room
+    rec = fits.refuse(spec, gpu0, ctx, (gpu1,))
+    assert rec is not None and rec.status == "unsupported" and "free on GPU 1" in rec.error["message"]

@@ -30,12 +30,15 @@ class FitCheck:
         configs = ConfigCache()  # each model's config fetched once for the whole suite
         self.estimates = {s.run_id: estimate_spec(s, configs)[0] for s in specs}
 
-    def refuse(self, spec: RunSpec, slot: GpuSlot, ctx: RunContext) -> Record | None:
+    def refuse(self, spec: RunSpec, slot: GpuSlot, ctx: RunContext, more: tuple[GpuSlot, ...] = ()) -> Record | None:
+        """The per-rank estimate against every GPU the cell would hold (a distributed cell: the tightest one)."""
         est = self.estimates.get(spec.run_id)
         if est is None:
             return None
         try:
-            free = self.backend.total_mib(slot.index) - self.backend.used_mib(slot.index)
+            frees = {s: self.backend.total_mib(s.index) - self.backend.used_mib(s.index) for s in (slot, *more)}
+            slot = min(frees, key=frees.__getitem__)
+            free = frees[slot]
         except Exception:  # no figure, no refusal: the cell runs and its own record says what happened
             return None
         need = est.total_mib + CUDA_CONTEXT_MIB
@@ -113,7 +116,7 @@ class LocalExecutor:
 
             def run(spec: RunSpec, slot: GpuSlot | None, more: tuple[GpuSlot, ...] = ()) -> Record:
                 watch = watches.get(slot)
-                refused = fits.refuse(spec, slot, ctx) if fits and slot else None
+                refused = fits.refuse(spec, slot, ctx, more) if fits and slot else None
                 if refused is not None:
                     return refused
                 job = CellJob(
@@ -127,7 +130,7 @@ class LocalExecutor:
                     env_parent=env_parent,
                     should_stop=ctx.should_stop,
                     exit_grace_s=opts.exit_grace_s,
-                    notes=watch.before_cell() if watch else [],
+                    notes=[n for s in (slot, *more) if (w := watches.get(s)) for n in w.before_cell()],
                     metrics={"suite_baseline_nvml_mib": watch.start_used_mib} if watch else {},
                     progress=ctx.progress,
                     heartbeat_s=opts.heartbeat_s,
