@@ -344,8 +344,9 @@ def test_the_first_node_takes_in_every_nodes_figures_and_a_silent_node_nulls_the
     """Rank rows are matched by node and local rank (torchrun may number node 1's rank 0); the headline memory is
     the largest node's and the energy the sum; a node whose file never came (or is another job's) nulls them."""
     from bench.execution.nodes import node_file, take_in
+    from bench.results.cell_result import CellResult, Status
     from bench.results.record import Record
-    from bench.results.rundir import write_json_atomic
+    from bench.results.rundir import RunDir, write_json_atomic
 
     monkeypatch.setenv("SLURM_JOB_ID", "7")
 
@@ -355,13 +356,13 @@ def test_the_first_node_takes_in_every_nodes_figures_and_a_silent_node_nulls_the
         rows = [{"rank": 0, "node": 1, "local_rank": 0}, {"rank": 1, "node": 0, "local_rank": 0, **node0}]
         return Record(run_id="x", metrics=metrics, gpu_index=0, ranks=rows)
 
-    def send(node, job, rss, nvml, energy):
+    def send(node, job, rss, nvml, energy, agent_exit_code=0):
         path = node_file(tmp_path, node)
         path.parent.mkdir(parents=True, exist_ok=True)
         figures = {"train_peak_nvml_process_mib": nvml, "train_energy_j": energy}
         write_json_atomic(path, {"node": node, "host": f"h{node}", "job_id": job, "nvml_gpu_indices": [0],
                                  "metrics": {"train_peak_rss_mib": rss, **figures}, "missing": {},
-                                 "per_gpu": [figures], "notes": []})  # fmt: skip
+                                 "per_gpu": [figures], "notes": [], "agent_exit_code": agent_exit_code})  # fmt: skip
 
     send(1, "7", 800.0, 700.0, 3.0)
     rec = take_in(record(), tmp_path, 2, wait_s=0.2)
@@ -369,6 +370,16 @@ def test_the_first_node_takes_in_every_nodes_figures_and_a_silent_node_nulls_the
     m = rec.metrics
     assert (m["train_peak_rss_mib"], m["train_peak_nvml_process_mib"], m["train_energy_j"]) == (800.0, 700.0, 5.0)
     assert [n["host"] for n in rec.nodes][1:] == ["h1"] and m["nvml_gpus"] == 2
+    (tmp_path / "nodes" / "1" / "measured.json").unlink()  # node 1's agent failed: its own verdict is shown
+    send(1, "7", 800.0, 700.0, 3.0, agent_exit_code=1)
+    RunDir(tmp_path / "nodes" / "1").write_result(
+        CellResult(status=Status.FAILED, error={"message": "rank 1 (pid 9) was killed by signal 9 (SIGKILL)"})
+    )
+    failed = record()
+    failed.error = {"type": "rank_failed", "message": "rank 0 (pid 8) exited with code 1"}
+    rec = take_in(failed, tmp_path, 2, wait_s=0.2)
+    said = "node 1's agent exited with code 1: rank 1 (pid 9) was killed by signal 9 (SIGKILL)"
+    assert said in rec.notes and rec.error["nodes"] == {"1": said}
     send(2, "6", 900.0, 900.0, 9.0)  # an earlier job's file: not this cell's
     rec = take_in(record(), tmp_path, 3, wait_s=0.2)
     assert rec.metrics["train_peak_rss_mib"] is None and rec.metrics["train_energy_j"] is None

@@ -181,6 +181,8 @@ def take_in(record: Any, run_dir: Path, count: int, wait_s: float = WAIT_S) -> A
         nodes.append(data)
         record.ranks = with_gpu_figures(record.ranks, data.get("per_gpu"), node)
         record.notes += [f"node {node}: {note}" for note in data.get("notes", [])]
+        if data.get("agent_exit_code"):
+            said_by(record, node, data["agent_exit_code"], RunDir(Path(run_dir) / "nodes" / str(node)))
     keys = {k for n in nodes for k in n["metrics"]} | {k for k in first["metrics"]}
     metrics, missing = combine(
         [{k: n["metrics"].get(k) for k in keys} for n in nodes], [n["missing"] for n in nodes], "node", RSS_LARGEST
@@ -195,6 +197,19 @@ def take_in(record: Any, run_dir: Path, count: int, wait_s: float = WAIT_S) -> A
     if any(n.get("nvml_gpu_indices") for n in nodes):
         record.metrics["nvml_gpus"] = sum(len(n.get("nvml_gpu_indices") or ()) for n in nodes)
     return record
+
+
+def said_by(record: Any, node: int, code: int, out: RunDir) -> None:
+    """A node whose agent failed: what it recorded (its first failing rank, its exit and error) goes into the
+    record's notes and, where the cell failed, its error, since the first node's ranks may only have seen the
+    collective break."""
+    theirs = out.read_result()
+    what = f"node {node}'s agent exited with code {code}"
+    if theirs is not None and theirs.error:
+        what += f": {theirs.error.get('message', '')}"
+    record.notes.append(what)
+    if record.error is not None:
+        record.error.setdefault("nodes", {})[str(node)] = what
 
 
 def node_row(node: dict[str, Any]) -> dict[str, Any]:
