@@ -137,10 +137,9 @@ def where_this_rank_runs(ranks: Ranks) -> dict[str, Any]:
     """`node` (the Slurm node's index in the job, 0 on one node), `host` (its name) and `local_rank` (its GPU on
     the node): what a rank's GPU figures are matched by. torchrun numbers ranks by rendezvous order, which need not
     follow the nodes' order, so rank i is not the i-th GPU of a cell over several nodes."""
-    import socket
+    from bench.env.facts import node_name
 
-    host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    return {"node": int(os.environ.get(NODE_RANK_ENV) or 0), "host": host, "local_rank": ranks.local_rank}
+    return {"node": int(os.environ.get(NODE_RANK_ENV) or 0), "host": node_name(), "local_rank": ranks.local_rank}
 
 
 def _mean(rank: dict[str, Any]) -> float | None:

@@ -33,6 +33,11 @@ def git_sha() -> str | None:
         return None
 
 
+def node_name() -> str:
+    """This node's name: Slurm's where a job runs (two slurmds on one host differ there), else the hostname."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def base_env() -> dict[str, Any]:
     """Facts the parent can know without importing torch."""
     return {

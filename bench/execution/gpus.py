@@ -42,7 +42,7 @@ def job_gpus(spec: Any) -> tuple[Any, str | None, list[GpuSlot]]:
         return None, "a device: cpu cell: no GPU is sampled", []
     backend, reason = nvml.open_backend()
     slots = [s for s in resolve_slots(backend, None, inherited_visible_devices()) if s is not None]
-    nproc = spec.distributed["nproc"] if spec.distributed and spec.device != "cpu" else 1
+    nproc = spec.distributed["nproc"] if spec.distributed else 1
     return backend, reason, slots[:nproc]
 
 

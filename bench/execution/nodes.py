@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.env.facts import node_name
 from bench.results.rundir import RunDir, write_json_atomic
 from bench.suite.spec import RunSpec
-from bench.trackers import Measured
 from bench.trackers.multi_gpu import LARGEST, SUMMED, combine, rank_rows
-from bench.trackers.phases import read_marks
 
 MEASURED, READY = "measured.json", "ready.json"
 WAIT_S = 120.0  # how long the first node waits for the others' figures after its own agent ended
@@ -53,10 +51,6 @@ def join_node() -> int:
     return int(job.node)
 
 
-def host() -> str:
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-
-
 def node_file(run_dir: Path, node: int) -> Path:
     return Path(run_dir) / "nodes" / str(node) / MEASURED
 
@@ -66,7 +60,7 @@ def mark_ready(run_dir: Path) -> None:
     written); the other nodes wait for this before they start their agents."""
     path = Path(run_dir) / "nodes" / READY
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"job_id": os.environ.get("SLURM_JOB_ID"), "host": host()})
+    write_json_atomic(path, {"job_id": os.environ.get("SLURM_JOB_ID"), "host": node_name()})
 
 
 def wait_until_ready(run_dir: Path, timeout_s: float) -> bool:
@@ -97,7 +91,7 @@ def run_other_node(spec: RunSpec, run_dir: str, node: int, nvml_interval_s: floa
     (killed with this task when Slurm ends the job); NVML and RSS watch them; what they measured goes to
     nodes/K/measured.json for the first node's record."""
     from bench.execution.gpus import job_gpus
-    from bench.execution.supervise import cell_env, node_trackers
+    from bench.execution.supervise import attribute_phases, cell_env, node_trackers
 
     if not wait_until_ready(Path(run_dir), spec.distributed.get("timeout_s", 300)):
         print(f"node {node}: the first node did not set up {run_dir} in time; no agent started", flush=True)
@@ -117,14 +111,15 @@ def run_other_node(spec: RunSpec, run_dir: str, node: int, nvml_interval_s: floa
         os.killpg(agent.pid, signal.SIGKILL)  # whatever of this node's ranks outlived its agent
     except OSError:
         pass
-    measured = attribute(trackers[:2], RunDir(Path(run_dir)))  # NVML and RSS; the CPU-load verdict is node 0's
+    rd = RunDir(Path(run_dir))  # rank 0's phases and result, wherever rank 0 ran (the run dir is shared)
+    _, measured = attribute_phases(trackers[:2], rd.read_result(), rd, time.time())  # CPU-load verdict: node 0's
     path = node_file(Path(run_dir), node)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         path,
         {
             "node": node,
-            "host": host(),
+            "host": node_name(),
             "job_id": os.environ.get("SLURM_JOB_ID"),
             "agent_exit_code": code,
             "nvml_gpu_indices": [s.index for s in slots],
@@ -134,21 +129,6 @@ def run_other_node(spec: RunSpec, run_dir: str, node: int, nvml_interval_s: floa
             "notes": measured.notes,
         },
     )
-
-
-def attribute(trackers: list[Any], rd: RunDir) -> Measured:
-    """The trackers' figures over the phases rank 0 marked (read from the shared run dir; a phase it never ended
-    closes now), with the cell's timed tokens where its result is there to say them."""
-    ended = time.time()
-    result = rd.read_result()
-    phases = result.phases if result and result.phases else read_marks(rd.phases)
-    for span in phases.values():
-        span.setdefault("end_unix", ended)
-    tokens = result.metrics.get("timed_tokens") if result else None
-    measured = Measured()
-    for tracker in trackers:
-        measured.merge(tracker.attribute(phases, tokens))
-    return measured
 
 
 def wait_for_nodes(run_dir: Path, count: int, wait_s: float) -> dict[int, dict[str, Any] | None]:
@@ -166,7 +146,7 @@ def take_in(record: Any, run_dir: Path, count: int, wait_s: float = WAIT_S) -> A
     others = wait_for_nodes(run_dir, count, wait_s)
     first = {
         "node": 0,
-        "host": host(),
+        "host": node_name(),
         "nvml_gpu_indices": record.env.get("nvml_gpu_indices")
         or ([record.gpu_index] if record.gpu_index is not None else []),
         "metrics": {k: record.metrics.get(k) for k in NODE_KEYS if k in record.metrics},
@@ -183,7 +163,7 @@ def take_in(record: Any, run_dir: Path, count: int, wait_s: float = WAIT_S) -> A
         record.notes += [f"node {node}: {note}" for note in data.get("notes", [])]
         if data.get("agent_exit_code"):
             said_by(record, node, data["agent_exit_code"], RunDir(Path(run_dir) / "nodes" / str(node)))
-    keys = {k for n in nodes for k in n["metrics"]} | {k for k in first["metrics"]}
+    keys = {k for n in nodes for k in n["metrics"]}
     metrics, missing = combine(
         [{k: n["metrics"].get(k) for k in keys} for n in nodes], [n["missing"] for n in nodes], "node", RSS_LARGEST
     )

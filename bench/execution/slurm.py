@@ -44,7 +44,8 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
     from bench.execution.supervise import CellJob, supervise_cell
 
     spec = RunSpec.from_json(spec_json)
-    if nnodes(spec) > 1 and (node := join_node()) > 0:
+    count = nnodes(spec)
+    if count > 1 and (node := join_node()) > 0:
         run_other_node(spec, run_dir, node, nvml_interval_s)
         return ""  # the first node's task has the record
     backend, reason, slots = job_gpus(spec)  # a distributed GPU cell holds its node's `nproc` GPUs
@@ -66,13 +67,13 @@ def run_cell_job(spec_json: str, run_dir: str, nvml_interval_s: float) -> str:
         should_stop=lambda: bool(ended_by_slurm),
         progress=lambda line: print(line, flush=True),  # into the job's log (`squeue`/`sacct` show it is running)
         more_slots=tuple(slots[1:]),
-        ready=(lambda: mark_ready(Path(run_dir))) if nnodes(spec) > 1 else (lambda: None),
+        ready=(lambda: mark_ready(Path(run_dir))) if count > 1 else (lambda: None),
     )
     record = supervise_cell(job)
     if ended_by_slurm:
         os._exit(143)  # no result: Slurm's state (CANCELLED, TIMEOUT) is the verdict
-    if nnodes(spec) > 1:
-        record = take_in(record, Path(run_dir), nnodes(spec))
+    if count > 1:
+        record = take_in(record, Path(run_dir), count)
     return json.dumps(record.to_dict(), default=str)
 
 

@@ -226,15 +226,24 @@ def node_trackers(backend: Any, slots: tuple[GpuSlot, ...], interval_s: float, r
     return [nvml_tracker, RssTracker(), CpuLoadTracker()]
 
 
-def parent_view(job: CellJob, trackers: list[Tracker], child: CellResult | None, ended: float) -> dict[str, Any]:
-    """What the supervisor measured, attributed to the phases the cell marked, plus its own view (env, notes)."""
-    phases = child.phases if child and child.phases else read_marks(job.run_dir.phases)
-    for span in phases.values():  # a phase the cell never ended (it died) closes at the exit
+def attribute_phases(
+    trackers: list[Tracker], child: CellResult | None, rd: RunDir, ended: float
+) -> tuple[dict[str, dict[str, Any]], Measured]:
+    """The phases the cell marked (its result's, else its marks file; a phase it never ended, because it died,
+    closes at `ended`) and what the trackers measured over them, per timed token where the cell said its tokens."""
+    phases = child.phases if child and child.phases else read_marks(rd.phases)
+    for span in phases.values():
         span.setdefault("end_unix", ended)
     timed_tokens = child.metrics.get("timed_tokens") if child else None
     measured = Measured()
     for tracker in trackers:
         measured.merge(tracker.attribute(phases, timed_tokens))
+    return phases, measured
+
+
+def parent_view(job: CellJob, trackers: list[Tracker], child: CellResult | None, ended: float) -> dict[str, Any]:
+    """What the supervisor measured, attributed to the phases the cell marked, plus its own view (env, notes)."""
+    phases, measured = attribute_phases(trackers, child, job.run_dir, ended)
     measured.metrics.update(job.metrics)
     noisy, why = noise_verdict({**(child.metrics if child else {}), **measured.metrics})
     measured.metrics["noisy"] = noisy
