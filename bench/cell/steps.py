@@ -206,10 +206,6 @@ def phase_apply(c: Cell) -> None:
         c.result.notes.append(f"estimate_activations_mib by {estimate.activations_basis}")
     if spec.grad_ckpt:
         enable_grad_ckpt(c.model, c.method)
-    if spec.compile and not c.ranks:  # a DDP cell compiles its DDP module (below), as torch's DDP docs do
-        from bench.cell.compiled import compile_model
-
-        compile_model(c.model, spec.compile)
     c.metrics["trainable_params"], c.metrics["total_params"] = count_params(c.model)
     c.metrics["trainable_pct"] = 100 * c.metrics["trainable_params"] / max(c.metrics["total_params"], 1)
     c.metrics["micro_batch_size"] = spec.micro_batch
@@ -220,10 +216,10 @@ def phase_apply(c: Cell) -> None:
 
         c.metrics["world_size"] = c.ranks.world
         c.train_model = wrap(c.model, c.ranks, c.precision.mixed_precision, c.device)
-        if spec.compile:  # dynamo's DDPOptimizer splits the graph at DDP's buckets so all-reduces overlap compute
-            from bench.cell.compiled import compile_model
+    if spec.compile:  # in place; a DDP cell's DDP module, as torch's DDP docs do (DDPOptimizer splits at buckets)
+        from bench.cell.compiled import compile_model
 
-            compile_model(c.train_model, spec.compile)
+        compile_model(c.train_model, spec.compile)
 
 
 def method_context(c: Cell) -> Any:
